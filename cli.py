@@ -1,0 +1,31 @@
+"""scaffold-ledger command line: `python cli.py COMMAND --help` for each command.
+
+Every command is a thin call into `ledger`; errors print one line and exit nonzero.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import fire
+
+from ledger import commands
+from ledger.errors import LedgerError
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        fire.Fire(commands.Commands, command=argv, name="cli.py")
+    except LedgerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except commands.Exit as done:
+        return done.code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

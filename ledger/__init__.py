@@ -1,0 +1,3 @@
+"""scaffold-ledger: an append-only SQLite job ledger for generating ESL scaffolding dialogues."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,242 @@
+"""Opening a ledger: URL resolution, connection settings, and migrate-on-open.
+
+SQLite connections run in WAL mode with synchronous=FULL (one fsync per commit is nothing next to
+an API call), a busy timeout, foreign keys and recursive triggers on, and every write transaction
+takes the write lock up front (BEGIN IMMEDIATE) so two writers never deadlock on lock upgrade.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import create_engine, event, inspect
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import DatabaseError as SADatabaseError
+from sqlalchemy.pool import NullPool
+
+from .errors import DatabaseError, SchemaTooNewError
+
+DEFAULT_DB = "ledger.db"
+BUSY_TIMEOUT_MS = 30_000
+ROOT = Path(__file__).resolve().parent.parent
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def resolve_url(db: str | None) -> str:
+    """--db wins, then LEDGER_DB, then ./ledger.db. A bare path means a SQLite file."""
+    value = db or os.environ.get("LEDGER_DB") or DEFAULT_DB
+    if "://" in value:
+        return value
+    return "sqlite:///" + str(Path(value).expanduser().resolve())
+
+
+def _check_sqlite_file(path: str) -> None:
+    p = Path(path)
+    if p.is_dir():
+        raise DatabaseError(f"{path} is a directory; pass --db a file path for the ledger")
+    if p.exists():
+        if p.stat().st_size == 0:
+            return
+        try:
+            with open(p, "rb") as fh:
+                head = fh.read(16)
+        except PermissionError:
+            raise DatabaseError(f"cannot read {path}: permission denied; fix its permissions "
+                                "or pass --db another path") from None
+        if head != SQLITE_HEADER:
+            raise DatabaseError(f"{path} is not a SQLite database; pass --db a ledger file or a "
+                                "new path")
+        return
+    parent = p.parent
+    if not parent.exists():
+        raise DatabaseError(f"directory {parent} does not exist; create it or pass --db "
+                            "another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DatabaseError(f"directory {parent} is not writable; pass --db a path in a "
+                            "writable directory")
+
+
+def _install_sqlite_settings(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
+        # Take transaction control from the driver so BEGIN IMMEDIATE is ours to issue.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA recursive_triggers=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _install_readonly_sqlite_settings(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA query_only=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
+        conn.exec_driver_sql("BEGIN")
+
+
+def make_engine(url: str, *, readonly: bool = False) -> Engine:
+    """An engine with the ledger's connection settings; raises DatabaseError for bad URLs."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise DatabaseError(f"cannot parse database URL {url!r}; pass --db a file path or a URL "
+                            "like postgresql+psycopg://user@host/db") from None
+    backend = parsed.get_backend_name()
+    try:
+        if backend == "sqlite":
+            path = parsed.database or ""
+            if not path or path == ":memory:":
+                raise DatabaseError("an in-memory ledger would be lost on exit; pass --db a "
+                                    "file path")
+            _check_sqlite_file(path)
+            if readonly:
+                if not Path(path).exists():
+                    raise DatabaseError(f"no ledger at {path}; run `python cli.py plan` first "
+                                        "or pass --db")
+                ro_url = f"sqlite:///file:{path}?mode=ro&uri=true"
+                engine = create_engine(ro_url, poolclass=NullPool)
+                _install_readonly_sqlite_settings(engine)
+            else:
+                # NullPool-free: one process keeps a few connections; threads take their own.
+                engine = create_engine(url, pool_size=4, max_overflow=64, pool_timeout=120)
+                _install_sqlite_settings(engine)
+            return engine
+        if backend == "postgresql":
+            if readonly:
+                return create_engine(url, poolclass=NullPool,
+                                     execution_options={"postgresql_readonly": True})
+            return create_engine(url, pool_size=4, max_overflow=64, pool_pre_ping=True)
+    except NoSuchModuleError:
+        pass
+    except ModuleNotFoundError as exc:
+        raise DatabaseError(f"the database driver for {backend} is not installed ({exc.name}); "
+                            "pip install -r requirements.txt") from None
+    raise DatabaseError(f"unsupported database {backend!r}; use a SQLite path or a "
+                        "postgresql+psycopg:// URL")
+
+
+@dataclass
+class Ledger:
+    """An open ledger: the engine plus what it is."""
+
+    engine: Engine
+    url: str
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _alembic_config(connection=None):  # type: ignore[no-untyped-def]
+    from alembic.config import Config
+
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.set_main_option("script_location", str(ROOT / "migrations"))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head() or ""
+
+
+def known_revisions() -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    return {s.revision for s in ScriptDirectory.from_config(_alembic_config()).walk_revisions()}
+
+
+def _current_revision(conn) -> str | None:  # type: ignore[no-untyped-def]
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    row = conn.exec_driver_sql("SELECT version_num FROM alembic_version").first()
+    return row[0] if row else None
+
+
+def migrate(engine: Engine, *, quiet: bool = False) -> None:
+    """Bring the schema to head under the write lock, so parallel openers do not race."""
+    from alembic import command
+
+    head = head_revision()
+    with engine.connect() as conn:
+        current = _current_revision(conn)
+        conn.rollback()
+        if current == head:
+            return
+        if current is not None and current not in known_revisions():
+            raise SchemaTooNewError(
+                f"this ledger has schema {current}, newer than this scaffold-ledger knows "
+                f"(head {head}); upgrade scaffold-ledger to open it")
+        with conn.begin():
+            current = _current_revision(conn)  # re-read under the lock: another process may
+            if current == head:                # have migrated while we waited
+                return
+            command.upgrade(_alembic_config(conn), "head")
+        if current is not None and not quiet:
+            print(f"ledger: upgraded schema {current} -> {head}", file=sys.stderr)
+
+
+def open_ledger(db: str | None = None, *, create: bool = True, readonly: bool = False) -> Ledger:
+    """Open (and by default create or upgrade) the ledger named by --db / LEDGER_DB."""
+    url = resolve_url(db)
+    engine = make_engine(url, readonly=readonly)
+    try:
+        if readonly:
+            with engine.connect() as conn:
+                current = _current_revision(conn)
+            if current is None:
+                raise DatabaseError(f"{_display(url)} holds no ledger; run `python cli.py plan` "
+                                    "first")
+        elif create:
+            migrate(engine)
+    except SADatabaseError as exc:
+        engine.dispose()
+        raise _database_error(url, exc) from None
+    except Exception:
+        engine.dispose()
+        raise
+    return Ledger(engine=engine, url=url)
+
+
+def _display(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "the database"
+
+
+def _database_error(url: str, exc: Exception) -> DatabaseError:
+    orig = getattr(exc, "orig", exc)
+    text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    if isinstance(exc, OperationalError) and "readonly" in text.lower():
+        return DatabaseError(f"{_display(url)} is read-only ({text}); fix its permissions or "
+                             "pass --db a writable path")
+    if "not a database" in text or "malformed" in text:
+        return DatabaseError(f"{_display(url)} is not a valid ledger ({text}); pass --db "
+                             "another path or restore it from a backup")
+    return DatabaseError(f"cannot open {_display(url)}: {text}")

@@ -1,0 +1,55 @@
+"""Named errors. Each message tells the user what to do next; the CLI prints it as one line."""
+
+from __future__ import annotations
+
+
+class LedgerError(Exception):
+    """Base for every error the CLI turns into one line and a nonzero exit."""
+
+    exit_code = 1
+
+
+class UsageError(LedgerError):
+    """The user's input is wrong (bad option, unknown L1, bad file)."""
+
+    exit_code = 2
+
+
+class CatalogError(UsageError):
+    """The error-pattern catalog is missing or invalid."""
+
+
+class DatabaseError(UsageError):
+    """The ledger database cannot be opened, created or trusted."""
+
+
+class SchemaTooNewError(DatabaseError):
+    """The ledger was written by a newer scaffold-ledger."""
+
+
+class AppendOnlyViolation(LedgerError):
+    """Something tried to change or remove an event row."""
+
+
+class CreditExhausted(LedgerError):
+    """OpenRouter said the credit or key limit is used up (HTTP 402), or the pre-flight check failed."""
+
+    exit_code = 3
+
+
+class BudgetReached(LedgerError):
+    """The ledger's total spend reached --budget-usd."""
+
+    exit_code = 4
+
+
+class KeyRejected(LedgerError):
+    """OpenRouter rejected the API key (HTTP 401)."""
+
+    exit_code = 5
+
+
+class Interrupted(LedgerError):
+    """The user pressed Ctrl-C; the run stopped cleanly."""
+
+    exit_code = 130

@@ -1,0 +1,198 @@
+"""Catalog -> planned jobs: balanced, deterministic and idempotent.
+
+A job's identity is its natural key (L1, pattern, sentence pair, level, variant), hashed into
+`job_id`. Within a cell (one L1 x pattern) jobs are enumerated in a fixed order: every sentence
+pair once before any repeats, levels rotating so they split evenly, then variants (a new topic and
+persona for the same pair and level). Planning to a target tops the ledger up to exactly that many
+jobs in scope, filling the emptiest cells first, so planning twice adds nothing and planning
+1,000 then 1,200 adds the 200 that a plan of 1,200 would have had.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .catalog import Catalog, L1, Pattern
+from .errors import UsageError
+from .records import PlannedJob
+
+if TYPE_CHECKING:
+    from .db import Ledger
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    l1: str
+    pattern: str
+    existing: int
+    add: int
+    capacity: int
+
+    @property
+    def total(self) -> int:
+        return self.existing + self.add
+
+
+@dataclass(frozen=True)
+class Plan:
+    target: int
+    existing_in_scope: int
+    cells: tuple[CellPlan, ...]
+    jobs: tuple[PlannedJob, ...]
+
+    @property
+    def to_add(self) -> int:
+        return sum(c.add for c in self.cells)
+
+
+def job_id_for(l1: str, pattern: str, erroneous: str, correct: str, level: str,
+               variant: int) -> str:
+    key = "\x1f".join((l1, pattern, erroneous, correct, level, str(variant)))
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+
+
+def select_scope(catalog: Catalog, l1s: Sequence[str] | None, patterns: Sequence[str] | None,
+                 levels: Sequence[str] | None) -> tuple[list[tuple[L1, Pattern]], tuple[str, ...]]:
+    """The cells and levels a plan covers; unknown names are a UsageError that lists known ones."""
+    chosen_levels = tuple(catalog.levels)
+    if levels:
+        wanted = [lv.strip().lower() for lv in levels if lv.strip()]
+        unknown = [lv for lv in wanted if lv not in catalog.levels]
+        if unknown:
+            raise UsageError(f"unknown level {unknown[0]!r}; choose from "
+                             f"{', '.join(catalog.levels)}")
+        chosen_levels = tuple(lv for lv in catalog.levels if lv in wanted)
+    l1_objs = [catalog.l1(x) for x in l1s] if l1s else list(catalog.l1s)
+    wanted_patterns = {p.strip().lower() for p in patterns} if patterns else None
+    cells = [(l1, p) for l1 in l1_objs for p in l1.patterns
+             if wanted_patterns is None or p.id in wanted_patterns]
+    if wanted_patterns:
+        known = {p.id for l1 in l1_objs for p in l1.patterns}
+        missing = sorted(wanted_patterns - known)
+        if missing:
+            raise UsageError(f"unknown pattern {missing[0]!r} for the chosen L1s; see "
+                             "`python cli.py catalog` for the pattern ids")
+    if not cells:
+        raise UsageError("the chosen --l1/--patterns/--levels select no catalog cell")
+    return cells, chosen_levels
+
+
+def _cell_levels(pattern: Pattern, levels: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(lv for lv in levels if lv in pattern.levels)
+
+
+def cell_capacity(catalog: Catalog, pattern: Pattern, levels: tuple[str, ...]) -> int:
+    return (len(pattern.pairs) * len(_cell_levels(pattern, levels)) * len(catalog.topics)
+            * len(catalog.personas))
+
+
+def enumerate_cell(catalog: Catalog, l1: L1, pattern: Pattern,
+                   levels: tuple[str, ...]) -> Iterator[PlannedJob]:
+    """The cell's jobs in plan order (see the module docstring)."""
+    lvls = _cell_levels(pattern, levels)
+    pairs, topics, personas = pattern.pairs, catalog.topics, catalog.personas
+    n_pairs, n_levels, n_topics = len(pairs), len(lvls), len(topics)
+    per_variant = n_pairs * n_levels
+    if per_variant == 0:
+        return
+    for variant in range(n_topics * len(personas)):
+        for j in range(per_variant):
+            p_idx, turn = j % n_pairs, j // n_pairs
+            lvl_idx = (p_idx + turn) % n_levels
+            pair, level = pairs[p_idx], lvls[lvl_idx]
+            # For a fixed pair and level, variant -> (topic, persona) is one-to-one.
+            topic = topics[(variant + p_idx) % n_topics]
+            persona = personas[(variant // n_topics + lvl_idx) % len(personas)]
+            yield PlannedJob(
+                job_id=job_id_for(l1.id, pattern.id, pair.erroneous, pair.correct, level,
+                                  variant),
+                l1=l1.id, pattern=pattern.id, erroneous=pair.erroneous, correct=pair.correct,
+                level=level, variant=variant, topic=topic, persona=persona)
+
+
+def water_fill(existing: Sequence[int], add: int) -> list[int]:
+    """Spread `add` new jobs so the emptiest cells fill first; ties go to earlier cells."""
+    if add <= 0:
+        return [0] * len(existing)
+    lo, hi = min(existing), max(existing) + add
+    while lo < hi:  # the highest level h whose fill fits within `add`
+        mid = (lo + hi + 1) // 2
+        if sum(max(0, mid - e) for e in existing) <= add:
+            lo = mid
+        else:
+            hi = mid - 1
+    extra = [max(0, lo - e) for e in existing]
+    left = add - sum(extra)
+    for i, e in enumerate(existing):
+        if left == 0:
+            break
+        if e + extra[i] == lo:
+            extra[i] += 1
+            left -= 1
+    return extra
+
+
+def make_plan(catalog: Catalog, target: int, cells: Sequence[tuple[L1, Pattern]],
+              levels: tuple[str, ...], existing_ids: Mapping[tuple[str, str], set[str]],
+              existing_outside_cells: int = 0) -> Plan:
+    """Jobs to add so the scope holds `target` jobs. `existing_ids` maps (l1, pattern) to the
+    job ids already in the ledger for that cell; `existing_outside_cells` counts jobs in scope
+    that match no catalog cell (e.g. imported with an unknown pattern)."""
+    if target < 0:
+        raise UsageError("--target must be zero or more")
+    existing = [len(existing_ids.get((l1.id, p.id), ())) for l1, p in cells]
+    in_scope = sum(existing) + existing_outside_cells
+    adds = water_fill(existing, target - in_scope)
+    capacities = [cell_capacity(catalog, p, levels) for _l1, p in cells]
+    for (l1, p), e, a, cap in zip(cells, existing, adds, capacities):
+        if e + a > cap:
+            total_cap = sum(capacities)
+            raise UsageError(
+                f"the catalog has room for {total_cap} distinct jobs in this scope "
+                f"({l1.id}/{p.id} holds at most {cap}); lower --target or add sentence pairs, "
+                "topics or personas to the catalog")
+    jobs: list[PlannedJob] = []
+    plans = []
+    for (l1, p), e, a, cap in zip(cells, existing, adds, capacities):
+        plans.append(CellPlan(l1=l1.id, pattern=p.id, existing=e, add=a, capacity=cap))
+        if a == 0:
+            continue
+        have = existing_ids.get((l1.id, p.id), set())
+        taken = 0
+        for job in enumerate_cell(catalog, l1, p, levels):
+            if job.job_id in have:
+                continue
+            jobs.append(job)
+            taken += 1
+            if taken == a:
+                break
+    return Plan(target=target, existing_in_scope=in_scope, cells=tuple(plans), jobs=tuple(jobs))
+
+
+def plan_ledger(ledger: Ledger, catalog: Catalog, target: int, *,
+                l1s: Sequence[str] | None = None, patterns: Sequence[str] | None = None,
+                levels: Sequence[str] | None = None, dry_run: bool = False) -> Plan:
+    """Top the ledger up to `target` jobs in scope; with dry_run, only compute the allocation."""
+    from . import queries
+    from .store import Store
+
+    cells, chosen_levels = select_scope(catalog, l1s, patterns, levels)
+    scope_l1s = sorted({l1.id for l1, _p in cells}) if l1s else None
+    existing = queries.existing_jobs_by_cell(ledger, scope_l1s, chosen_levels)
+    cell_keys = {(l1.id, p.id) for l1, p in cells}
+    # Jobs that match no catalog cell (imports of unknown patterns) still count toward a plan of
+    # the whole catalog, so that "plan to 1,000" means 1,000 in the ledger.
+    outside = 0
+    if not l1s and not patterns:
+        outside = sum(len(ids) for key, ids in existing.items() if key not in cell_keys)
+    plan = make_plan(catalog, target, cells, chosen_levels, existing, outside)
+    if not dry_run and plan.jobs:
+        store = Store(ledger)
+        try:
+            store.plan_jobs(plan.jobs)
+        finally:
+            store.close()
+    return plan

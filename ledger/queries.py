@@ -1,0 +1,174 @@
+"""Reads: what the planner, the run loop and `status` need to know. One home for read SQL.
+
+Every function takes an open Ledger and returns plain values or frozen rows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import bindparam, text
+
+from .db import Ledger
+
+_STATUS_BY_L1 = text("""
+SELECT l1,
+       COUNT(*) AS planned,
+       SUM(CASE WHEN state = 'accepted' THEN 1 ELSE 0 END) AS accepted,
+       SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END) AS failed,
+       SUM(CASE WHEN state = 'open' THEN 1 ELSE 0 END) AS remaining,
+       SUM(CASE WHEN state = 'open' AND lease_expires_at > :now THEN 1 ELSE 0 END) AS in_flight,
+       SUM(spend_usd) AS spend_usd
+FROM job_state GROUP BY l1 ORDER BY l1""")
+
+# An open attempt is "in flight" while its run still holds the job's lease; otherwise its process
+# died between request and response, and the provider may have billed it.
+_OPEN_ATTEMPTS = text("""
+SELECT s.l1,
+       SUM(CASE WHEN s.lease_owner = oa.run_id AND s.lease_expires_at > :now THEN 1 ELSE 0 END),
+       SUM(CASE WHEN s.lease_owner = oa.run_id AND s.lease_expires_at > :now THEN 0 ELSE 1 END),
+       SUM(oa.reserved_usd)
+FROM open_attempts oa JOIN job_state s ON s.job_id = oa.job_id GROUP BY s.l1""")
+
+_TOTALS = text("SELECT spend_usd, head_seq, head_hash FROM ledger_totals WHERE id = 1")
+_OPEN_RESERVED = text("SELECT COALESCE(SUM(reserved_usd), 0.0) FROM open_attempts")
+
+_LATEST_PRICES = text("""
+SELECT p.model, p.prompt_usd_per_token, p.completion_usd_per_token, p.source
+FROM prices p JOIN (SELECT model, MAX(seq) AS seq FROM prices GROUP BY model) last
+  ON last.seq = p.seq ORDER BY p.model""")
+
+_JOBS_IN_CELLS = text("SELECT job_id, l1, pattern, level FROM jobs WHERE l1 IN :l1s") \
+    .bindparams(bindparam("l1s", expanding=True))
+_JOBS_ALL = text("SELECT job_id, l1, pattern, level FROM jobs")
+
+_OPEN_JOB_COUNT = text("SELECT COUNT(*) FROM job_state WHERE state = 'open'")
+
+_RUN_LEASES = text("""
+SELECT r.run_id, r.host, r.pid FROM runs r
+WHERE NOT EXISTS (SELECT 1 FROM run_stops s WHERE s.run_id = r.run_id)""")
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    l1: str
+    planned: int
+    in_flight: int
+    accepted: int
+    failed: int
+    remaining: int
+    outcome_unknown: int
+    spend_usd: float
+
+
+@dataclass(frozen=True)
+class Status:
+    total: StatusRow
+    by_l1: tuple[StatusRow, ...]
+    reserved_usd: float
+    head_seq: int
+
+    def as_dict(self) -> dict[str, Any]:
+        t = self.total
+        return {
+            "planned": t.planned, "in_flight": t.in_flight, "accepted": t.accepted,
+            "failed": t.failed, "remaining": t.remaining, "outcome_unknown": t.outcome_unknown,
+            "spend_usd": round(t.spend_usd, 10), "reserved_usd": round(self.reserved_usd, 10),
+            "events": self.head_seq,
+            "by_l1": {r.l1: {"planned": r.planned, "in_flight": r.in_flight,
+                             "accepted": r.accepted, "failed": r.failed,
+                             "remaining": r.remaining, "outcome_unknown": r.outcome_unknown,
+                             "spend_usd": round(r.spend_usd, 10)} for r in self.by_l1},
+        }
+
+
+def status(ledger: Ledger, now: float | None = None) -> Status:
+    now = time.time() if now is None else now
+    with ledger.engine.connect() as conn:
+        by_l1 = conn.execute(_STATUS_BY_L1, {"now": now}).all()
+        open_rows = {r[0]: r for r in conn.execute(_OPEN_ATTEMPTS, {"now": now}).all()}
+        spend, head_seq, _head = conn.execute(_TOTALS).one()
+    rows = []
+    reserved = 0.0
+    for l1, planned, accepted, failed, remaining, in_flight, l1_spend in by_l1:
+        o = open_rows.get(l1)
+        unknown = int(o[2] or 0) if o else 0
+        reserved += float(o[3] or 0.0) if o else 0.0
+        rows.append(StatusRow(l1=l1, planned=planned, in_flight=int(in_flight or 0),
+                              accepted=int(accepted or 0), failed=int(failed or 0),
+                              remaining=int(remaining or 0), outcome_unknown=unknown,
+                              spend_usd=float(l1_spend or 0.0)))
+    total = StatusRow(
+        l1="all", planned=sum(r.planned for r in rows), in_flight=sum(r.in_flight for r in rows),
+        accepted=sum(r.accepted for r in rows), failed=sum(r.failed for r in rows),
+        remaining=sum(r.remaining for r in rows),
+        outcome_unknown=sum(r.outcome_unknown for r in rows), spend_usd=float(spend or 0.0))
+    return Status(total=total, by_l1=tuple(rows), reserved_usd=reserved, head_seq=head_seq)
+
+
+def existing_jobs_by_cell(ledger: Ledger, l1s: Sequence[str] | None,
+                          levels: Sequence[str]) -> dict[tuple[str, str], set[str]]:
+    """Job ids already planned or imported, by (l1, pattern), restricted to the given levels."""
+    out: dict[tuple[str, str], set[str]] = defaultdict(set)
+    level_set = set(levels)
+    with ledger.engine.connect() as conn:
+        rows = (conn.execute(_JOBS_IN_CELLS, {"l1s": list(l1s)}) if l1s
+                else conn.execute(_JOBS_ALL))
+        for job_id, l1, pattern, level in rows:
+            if level in level_set:
+                out[(l1, pattern)].add(job_id)
+    return out
+
+
+def spend_and_reserved(ledger: Ledger) -> tuple[float, float]:
+    with ledger.engine.connect() as conn:
+        spend = conn.execute(_TOTALS).one()[0]
+        reserved = conn.execute(_OPEN_RESERVED).scalar()
+    return float(spend or 0.0), float(reserved or 0.0)
+
+
+def latest_prices(ledger: Ledger) -> dict[str, tuple[float, float, str]]:
+    with ledger.engine.connect() as conn:
+        return {r[0]: (float(r[1]), float(r[2]), r[3]) for r in conn.execute(_LATEST_PRICES)}
+
+
+def open_job_count(ledger: Ledger) -> int:
+    with ledger.engine.connect() as conn:
+        return int(conn.execute(_OPEN_JOB_COUNT).scalar() or 0)
+
+
+def unfinished_runs(ledger: Ledger) -> list[tuple[str, str, int]]:
+    """Runs with a start and no stop: live elsewhere, or dead without a word."""
+    with ledger.engine.connect() as conn:
+        return [(r[0], r[1], int(r[2])) for r in conn.execute(_RUN_LEASES)]
+
+
+_OBSERVED_USAGE = text("""
+SELECT a.model_requested, AVG(o.prompt_tokens), AVG(o.completion_tokens), COUNT(*),
+       (SELECT COUNT(*) FROM acceptances acc JOIN attempts a2 ON a2.attempt_id = acc.attempt_id
+        WHERE a2.model_requested = a.model_requested)
+FROM attempts a JOIN attempt_outcomes o ON o.attempt_id = a.attempt_id
+WHERE o.prompt_tokens IS NOT NULL GROUP BY a.model_requested""")
+
+
+@dataclass(frozen=True)
+class ModelUsage:
+    prompt_tokens: float
+    completion_tokens: float
+    attempts: int
+    accepted: int
+
+    @property
+    def attempts_per_accept(self) -> float | None:
+        return self.attempts / self.accepted if self.accepted else None
+
+
+def observed_usage(ledger: Ledger) -> dict[str, ModelUsage]:
+    """Average tokens per billed attempt and attempts per acceptance, by model requested."""
+    with ledger.engine.connect() as conn:
+        return {r[0]: ModelUsage(float(r[1] or 0), float(r[2] or 0), int(r[3]), int(r[4]))
+                for r in conn.execute(_OBSERVED_USAGE)}

@@ -1,0 +1,88 @@
+"""Frozen rows that cross the store boundary: nothing outside store/queries sees a live row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+
+def utc_now() -> str:
+    """ISO-8601 UTC with microseconds: sorts as text and round-trips through every backend."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    job_id: str
+    l1: str
+    pattern: str
+    erroneous: str
+    correct: str
+    level: str
+    variant: int
+    topic: str
+    persona: str
+    source: str = "plan"
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    job_id: str
+    l1: str
+    pattern: str
+    erroneous: str
+    correct: str
+    level: str
+    variant: int
+    topic: str
+    persona: str
+    last_attempt_no: int
+
+
+@dataclass(frozen=True)
+class AttemptStart:
+    attempt_id: int | None = None
+    attempt_no: int | None = None
+    refused: str | None = None  # 'budget' | 'lease_lost' | 'done'
+
+
+@dataclass(frozen=True)
+class OutcomeRecord:
+    error_class: str
+    cost_usd: float
+    cost_source: str
+    http_status: int | None = None
+    error_code: int | None = None
+    error_type: str | None = None
+    limit_source: str | None = None
+    retry_after_s: float | None = None
+    message: str | None = None
+    model_served: str | None = None
+    provider: str | None = None
+    generation_id: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_ms: float | None = None
+    finish_reason: str | None = None
+    content: str | None = None
+
+
+@dataclass(frozen=True)
+class VerdictRecord:
+    filter_version: str
+    passed: bool
+    reasons: tuple[str, ...]
+    turns: int
+    tutor_questions: int
+    self_corrected: bool
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    messages_json: str | None = None
+
+
+@dataclass(frozen=True)
+class PriceRecord:
+    model: str
+    prompt_usd_per_token: float
+    completion_usd_per_token: float
+    source: str

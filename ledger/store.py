@@ -1,0 +1,341 @@
+"""The only module that writes to the ledger.
+
+Guarantee: every public method appends its events and updates the projections that reflect them
+in ONE transaction, so a crash at any moment leaves either all of it or none of it. Event rows are
+chained: each gets the next global `seq` and `row_hash = sha256(prev_hash + canonical row)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.engine import Connection
+
+from . import schema
+from .db import Ledger
+from .records import (
+    AttemptStart,
+    ClaimedJob,
+    OutcomeRecord,
+    PlannedJob,
+    PriceRecord,
+    VerdictRecord,
+    utc_now,
+)
+from .sql import Statements
+
+CHAIN_COLUMNS = ("seq", "row_hash")
+
+
+def event_columns(table: Table) -> list[str]:
+    """The business columns of an event table, in the order they are hashed."""
+    return [c.name for c in table.columns if c.name not in CHAIN_COLUMNS]
+
+
+_FLOAT_COLUMNS = {
+    t.name: frozenset(i for i, c in enumerate(event_columns(t))
+                      if isinstance(t.c[c].type, type(schema.Money)))
+    for t in schema.EVENT_TABLES
+}
+
+
+def canonical_values(table: str, values: Sequence[Any]) -> list[Any]:
+    """Values as stored: REAL columns are floats, so the hash is the same after a round-trip."""
+    floats = _FLOAT_COLUMNS[table]
+    return [float(v) if i in floats and v is not None else v for i, v in enumerate(values)]
+
+
+def chain_hash(prev_hash: str, table: str, seq: int, values: Sequence[Any]) -> str:
+    payload = json.dumps([table, seq, *values], separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256((prev_hash + payload).encode("utf-8")).hexdigest()
+
+
+class Tx:
+    """One write transaction: appends chained events and runs named statements."""
+
+    def __init__(self, conn: Connection, sql: Statements, head_seq: int, head_hash: str,
+                 next_id: int, spend_usd: float) -> None:
+        self.conn = conn
+        self.sql = sql
+        self.head_seq = head_seq
+        self.head_hash = head_hash
+        self.next_id = next_id
+        self.spend_usd = spend_usd
+        self.dirty = False
+
+    def run(self, name: str, params: Sequence[Any] | Sequence[Sequence[Any]] = ()) -> Any:
+        if isinstance(params, list) and not params:
+            return None  # an empty executemany: nothing to do
+        return self.conn.exec_driver_sql(self.sql[name], params)  # type: ignore[arg-type]
+
+    def append(self, table: Table, values: Sequence[Any]) -> int:
+        return self.append_many(table, [values])[0]
+
+    def append_many(self, table: Table, rows: Sequence[Sequence[Any]]) -> list[int]:
+        if not rows:
+            return []
+        name = table.name
+        seq, prev = self.head_seq, self.head_hash
+        out, seqs = [], []
+        for values in rows:
+            vals = canonical_values(name, values)
+            seq += 1
+            prev = chain_hash(prev, name, seq, vals)
+            out.append((*vals, seq, prev))
+            seqs.append(seq)
+        self.conn.exec_driver_sql(self.sql.insert(table), out)
+        self.head_seq, self.head_hash = seq, prev
+        self.dirty = True
+        return seqs
+
+    def allocate_id(self) -> int:
+        value = self.next_id
+        self.next_id += 1
+        self.dirty = True
+        return value
+
+
+class Store:
+    """Appends events. One write connection per process, serialised by a lock, so threads queue
+    here instead of spinning in SQLite's busy handler; other processes wait on BEGIN IMMEDIATE."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.sql = Statements(ledger.dialect)
+        self._lock = threading.Lock()
+        self._conn: Connection | None = None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        with self._lock:
+            if self._conn is None:
+                self._conn = self.ledger.engine.connect()
+            conn = self._conn
+            try:
+                with conn.begin():
+                    row = conn.exec_driver_sql(self.sql["lock_totals"]).one()
+                    tx = Tx(conn, self.sql, row[0], row[1], row[2], row[3])
+                    yield tx
+                    if tx.dirty:
+                        conn.exec_driver_sql(self.sql["update_totals"], (
+                            tx.head_seq, tx.head_hash, tx.next_id, tx.spend_usd))
+            except BaseException:
+                # A connection whose transaction died mid-way is not reused.
+                self._conn = None
+                try:
+                    conn.close()
+                except Exception:  # noqa: BLE001 - already failing; keep the first error
+                    pass
+                raise
+
+    # --- planning -------------------------------------------------------------------------
+
+    def plan_jobs(self, new_jobs: Sequence[PlannedJob]) -> int:
+        """Append planned jobs that are not in the ledger yet; returns how many were added."""
+        if not new_jobs:
+            return 0
+        now = utc_now()
+        with self.transaction() as tx:
+            existing = _existing_job_ids(tx, [j.job_id for j in new_jobs])
+            fresh = [j for j in new_jobs if j.job_id not in existing]
+            seqs = tx.append_many(schema.jobs, [
+                (j.job_id, j.l1, j.pattern, j.erroneous, j.correct, j.level, j.variant, j.topic,
+                 j.persona, j.source, now) for j in fresh])
+            tx.run("insert_job_state", [
+                (j.job_id, s, j.l1, j.pattern, j.level) for j, s in zip(fresh, seqs)])
+        return len(fresh)
+
+    # --- runs -----------------------------------------------------------------------------
+
+    def start_run(self, run_id: str, host: str, pid: int, prompt_version: str,
+                  filter_version: str, config: dict[str, Any],
+                  dead_runs: Sequence[str] = ()) -> None:
+        """Record a run's start; runs found dead (their process is gone) get a 'died' stop and
+        their leases are released so their jobs come back at once."""
+        now = utc_now()
+        with self.transaction() as tx:
+            for dead in dead_runs:
+                tx.append(schema.run_stops, (dead, now, "died", -9, None,
+                                             f"process gone; found by run {run_id}"))
+                tx.run("release_run_leases", (dead,))
+            tx.append(schema.runs, (run_id, now, host, pid, prompt_version, filter_version,
+                                    json.dumps(config, sort_keys=True)))
+
+    def stop_run(self, run_id: str, reason: str, exit_code: int, limit_source: str | None,
+                 message: str | None) -> None:
+        with self.transaction() as tx:
+            tx.append(schema.run_stops, (run_id, utc_now(), reason, exit_code, limit_source,
+                                         message))
+            tx.run("release_run_leases", (run_id,))
+
+    # --- claims and attempts --------------------------------------------------------------
+
+    def claim(self, run_id: str, n: int, now: float, lease_s: float) -> list[ClaimedJob]:
+        """Lease up to n open jobs nobody holds (or whose lease expired)."""
+        with self.transaction() as tx:
+            ids = [r[0] for r in tx.run("select_claimable", (now, n))]
+            if not ids:
+                return []
+            tx.run("lease_job", [(run_id, now + lease_s, job_id) for job_id in ids])
+            rows = _fetch_claimed(tx, ids)
+        return rows
+
+    def begin_attempt(self, job_id: str, run_id: str, model: str, chain_position: int,
+                      prompt_version: str, max_tokens: int, reserved_usd: float,
+                      budget_usd: float | None, now: float, lease_s: float) -> AttemptStart:
+        """Commit the intent to call the API before the request leaves.
+
+        Refuses (without writing) when the job is no longer ours or the budget, counting every
+        attempt still open at its maximum cost, cannot cover this one."""
+        with self.transaction() as tx:
+            row = tx.run("job_lease", (job_id,)).one()
+            state, owner, last_no = row
+            if state != "open":
+                return AttemptStart(refused="done")
+            if owner != run_id:
+                return AttemptStart(refused="lease_lost")
+            if budget_usd is not None:
+                reserved = tx.run("sum_open_reserved").scalar() or 0.0
+                if tx.spend_usd + reserved + reserved_usd > budget_usd + 1e-12:
+                    return AttemptStart(refused="budget")
+            attempt_id = tx.allocate_id()
+            attempt_no = last_no + 1
+            started = utc_now()
+            tx.append(schema.attempts, (attempt_id, job_id, attempt_no, run_id, model,
+                                        chain_position, prompt_version, max_tokens, reserved_usd,
+                                        started))
+            tx.run("insert_open_attempt", (attempt_id, job_id, run_id, reserved_usd))
+            tx.run("job_attempt_started", (attempt_no, now + lease_s, job_id))
+        return AttemptStart(attempt_id=attempt_id, attempt_no=attempt_no)
+
+    def finish_attempt(self, attempt_id: int, job_id: str, run_id: str | None,
+                       outcome: OutcomeRecord, verdict: VerdictRecord | None = None,
+                       accept: bool = False,
+                       fail_reasons: Sequence[str] | None = None) -> bool:
+        """Record an attempt's outcome (and verdict), and accept or fail its job, atomically.
+
+        Returns True when the job was accepted by this call."""
+        with self.transaction() as tx:
+            o = outcome
+            tx.append(schema.attempt_outcomes, (
+                attempt_id, utc_now(), o.http_status, o.error_class, o.error_code, o.error_type,
+                o.limit_source, o.retry_after_s, o.message, o.model_served, o.provider,
+                o.generation_id, o.prompt_tokens, o.completion_tokens, o.cost_usd,
+                o.cost_source, o.latency_ms, o.finish_reason, o.content))
+            tx.run("delete_open_attempt", (attempt_id,))
+            tx.spend_usd += o.cost_usd
+            tx.run("job_add_spend", (o.cost_usd, job_id))
+            verdict_id = _append_verdict(tx, attempt_id, verdict) if verdict else None
+            accepted = False
+            if accept and verdict_id is not None:
+                accepted = _accept(tx, job_id, attempt_id, verdict_id)
+            elif fail_reasons is not None:
+                _fail(tx, job_id, run_id, fail_reasons)
+        return accepted
+
+    def fail_job(self, job_id: str, run_id: str | None, reasons: Sequence[str]) -> None:
+        with self.transaction() as tx:
+            _fail(tx, job_id, run_id, reasons)
+
+    def release(self, run_id: str, job_ids: Sequence[str]) -> None:
+        """Give leased jobs back (on a clean stop) so the next run can take them at once."""
+        if not job_ids:
+            return
+        with self.transaction() as tx:
+            tx.run("release_job", [(job_id, run_id) for job_id in job_ids])
+
+    def reopen_failed(self, run_id: str | None) -> int:
+        with self.transaction() as tx:
+            ids = [r[0] for r in tx.run("select_failed")]
+            now = utc_now()
+            for job_id in ids:
+                tx.append(schema.job_reopens, (tx.allocate_id(), job_id, run_id, now))
+            tx.run("reopen_job", [(job_id,) for job_id in ids])
+        return len(ids)
+
+    # --- verdicts without new spend -------------------------------------------------------
+
+    def record_verdicts(self, items: Sequence[tuple[str, int, VerdictRecord, bool]]) -> int:
+        """Append verdicts (job_id, attempt_id, verdict, accept); accept where asked and the job
+        has no acceptance yet. Returns how many jobs became accepted."""
+        accepted = 0
+        with self.transaction() as tx:
+            for job_id, attempt_id, verdict, accept in items:
+                verdict_id = _append_verdict(tx, attempt_id, verdict)
+                if accept and _accept(tx, job_id, attempt_id, verdict_id):
+                    accepted += 1
+        return accepted
+
+    def record_prices(self, prices: Sequence[PriceRecord]) -> None:
+        with self.transaction() as tx:
+            now = utc_now()
+            tx.append_many(schema.prices, [
+                (tx.allocate_id(), p.model, p.prompt_usd_per_token,
+                 p.completion_usd_per_token, p.source, now) for p in prices])
+
+    # --- projections ----------------------------------------------------------------------
+
+    def rebuild_projections(self) -> None:
+        """Recompute every projection from the events alone (leases start empty)."""
+        with self.transaction() as tx:
+            for name in ("clear_job_state", "clear_open_attempts", "rebuild_job_state",
+                         "rebuild_open_attempts"):
+                tx.run(name)
+            row = tx.run("rebuild_totals_source").one()
+            tx.head_seq, tx.head_hash = row[0] or 0, row[1] or schema.GENESIS_HASH
+            tx.next_id, tx.spend_usd = row[2] or 1, float(row[3] or 0.0)
+            tx.dirty = True
+
+
+def _existing_job_ids(tx: Tx, ids: Sequence[str]) -> set[str]:
+    found: set[str] = set()
+    chunk = 500  # stay under every driver's bound-parameter limit
+    for i in range(0, len(ids), chunk):
+        part = ids[i:i + chunk]
+        found.update(r[0] for r in tx.conn.exec_driver_sql(tx.sql.job_ids_in(len(part)),
+                                                            tuple(part)))
+    return found
+
+
+def _fetch_claimed(tx: Tx, ids: Sequence[str]) -> list[ClaimedJob]:
+    rows = tx.conn.exec_driver_sql(tx.sql.claimed_in(len(ids)), tuple(ids)).all()
+    by_id = {r[0]: ClaimedJob(*r) for r in rows}
+    return [by_id[i] for i in ids if i in by_id]
+
+
+def _append_verdict(tx: Tx, attempt_id: int, v: VerdictRecord) -> int:
+    verdict_id = tx.allocate_id()
+    tx.append(schema.verdicts, (
+        verdict_id, attempt_id, v.filter_version, int(v.passed), json.dumps(list(v.reasons)),
+        v.turns, v.tutor_questions, int(v.self_corrected),
+        json.dumps(v.metrics, sort_keys=True, default=str), v.messages_json, utc_now()))
+    return verdict_id
+
+
+def _accept(tx: Tx, job_id: str, attempt_id: int, verdict_id: int) -> bool:
+    if tx.run("job_state_of", (job_id,)).scalar() == "accepted":
+        return False  # another worker got there first; the response stays as a spare
+    tx.append(schema.acceptances, (job_id, attempt_id, verdict_id, utc_now()))
+    tx.run("job_set_state", ("accepted", job_id))
+    return True
+
+
+def _fail(tx: Tx, job_id: str, run_id: str | None, reasons: Sequence[str]) -> None:
+    if tx.run("job_state_of", (job_id,)).scalar() != "open":
+        return
+    tx.append(schema.job_failures, (tx.allocate_id(), job_id, run_id,
+                                    json.dumps(list(reasons)), utc_now()))
+    tx.run("job_set_state", ("failed", job_id))
+

@@ -1,0 +1,197 @@
+"""The event store: append-only guarantees, chained hashes, one-transaction writes, rebuild."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+
+from conftest import make_jobs
+from ledger import queries, schema
+from ledger.records import OutcomeRecord, VerdictRecord
+
+EVENT_TABLE_NAMES = [t.name for t in schema.EVENT_TABLES]
+
+
+def _filled(store):  # type: ignore[no-untyped-def]
+    """A ledger with at least one row in every event table."""
+    from ledger.records import PriceRecord
+
+    store.plan_jobs(make_jobs(3))
+    store.start_run("run-a", "host", 1, "p1", "f1", {"models": ["m"]})
+    now = time.time()
+    jobs = store.claim("run-a", 3, now, 60)
+    a = store.begin_attempt(jobs[0].job_id, "run-a", "m", 0, "p1", 200, 0.01, None, now, 60)
+    v = VerdictRecord("f1", True, (), 4, 2, True, {"turns": 4}, "[]")
+    store.finish_attempt(a.attempt_id, jobs[0].job_id, "run-a",
+                         OutcomeRecord("ok", 0.002, "response", http_status=200, content="x"),
+                         v, accept=True)
+    b = store.begin_attempt(jobs[1].job_id, "run-a", "m", 0, "p1", 200, 0.01, None, now, 60)
+    store.finish_attempt(b.attempt_id, jobs[1].job_id, "run-a",
+                         OutcomeRecord("server_error", 0.0, "none", http_status=502),
+                         fail_reasons=["m: server_error x3"])
+    store.reopen_failed("run-a")
+    store.record_prices([PriceRecord("m", 1e-7, 4e-7, "config")])
+    store.stop_run("run-a", "done", 0, None, "no open job left")
+    with store.transaction() as tx:
+        tx.append(schema.imports, (tx.allocate_id(), "x.jsonl", "0" * 64, 1, 1, 0, "t"))
+
+
+@pytest.mark.parametrize("table", EVENT_TABLE_NAMES)
+def test_update_and_delete_fail_on_every_event_table_through_sqlite3(store, ledger_path, table):
+    _filled(store)
+    con = sqlite3.connect(ledger_path)  # a plain connection, as the sqlite3 shell would open
+    assert con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] >= 1
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        con.execute(f"UPDATE {table} SET row_hash = 'x'")
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        con.execute(f"DELETE FROM {table}")
+    con.close()
+
+
+@pytest.mark.parametrize("table", EVENT_TABLE_NAMES)
+def test_insert_or_replace_cannot_rewrite_an_event(store, ledger_path, table):
+    _filled(store)
+    con = sqlite3.connect(ledger_path)
+    cols = [r[1] for r in con.execute(f"PRAGMA table_info({table})")]
+    row = con.execute(f"SELECT * FROM {table} LIMIT 1").fetchone()
+    before = con.execute(f"SELECT COUNT(*), MAX(seq) FROM {table}").fetchone()
+    marks = ",".join("?" * len(cols))
+    for pragma in ("OFF", "ON"):
+        con.execute(f"PRAGMA recursive_triggers={pragma}")
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            con.execute(f"INSERT OR REPLACE INTO {table} VALUES ({marks})", row)
+    assert con.execute(f"SELECT COUNT(*), MAX(seq) FROM {table}").fetchone() == before
+    con.close()
+
+
+def test_one_acceptance_per_job_is_enforced_by_the_schema(store, ledger):
+    _filled(store)
+    with ledger.engine.connect() as conn:
+        job_id, attempt_id, verdict_id = conn.exec_driver_sql(
+            "SELECT job_id, attempt_id, verdict_id FROM acceptances").one()
+    with pytest.raises(IntegrityError):
+        with store.transaction() as tx:
+            tx.append(schema.acceptances, (job_id, attempt_id + 1000, verdict_id, "t"))
+
+
+def test_attempt_numbers_are_unique_per_job(store):
+    store.plan_jobs(make_jobs(1))
+    job_id = make_jobs(1)[0].job_id
+    with pytest.raises(IntegrityError):
+        with store.transaction() as tx:
+            for attempt_id in (900, 901):
+                tx.append(schema.attempts, (attempt_id, job_id, 1, None, "m", 0, "p1", 200, 0.0,
+                                            "t"))
+
+
+def test_failed_transaction_leaves_nothing_behind(store, ledger):
+    store.plan_jobs(make_jobs(2))
+    before = queries.status(ledger).as_dict()
+    with pytest.raises(RuntimeError):
+        with store.transaction() as tx:
+            tx.append(schema.runs, ("r-x", "t", "h", 1, "p1", "f1", "{}"))
+            raise RuntimeError("crash in the middle")
+    assert queries.status(ledger).as_dict() == before
+    with ledger.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT COUNT(*) FROM runs").scalar() == 0
+    # The store is still usable afterwards.
+    assert store.plan_jobs(make_jobs(3)) == 1
+
+
+def test_plan_jobs_is_idempotent(store, ledger):
+    assert store.plan_jobs(make_jobs(5)) == 5
+    assert store.plan_jobs(make_jobs(5)) == 0
+    assert store.plan_jobs(make_jobs(7)) == 2
+    assert queries.status(ledger).total.planned == 7
+
+
+def test_chain_sequence_is_gapless_and_hashes_link(store, ledger):
+    from ledger.store import chain_hash, event_columns
+
+    _filled(store)
+    rows = []
+    with ledger.engine.connect() as conn:
+        for t in schema.EVENT_TABLES:
+            cols = event_columns(t)
+            for r in conn.exec_driver_sql(
+                    f"SELECT seq, row_hash, {', '.join(cols)} FROM {t.name}"):
+                rows.append((r[0], r[1], t.name, list(r[2:])))
+        head = conn.exec_driver_sql("SELECT head_seq, head_hash FROM ledger_totals").one()
+    rows.sort()
+    assert [r[0] for r in rows] == list(range(1, len(rows) + 1))
+    prev = schema.GENESIS_HASH
+    for seq, row_hash, table, values in rows:
+        prev = chain_hash(prev, table, seq, values)
+        assert prev == row_hash, f"seq {seq} in {table}"
+    assert tuple(head) == (rows[-1][0], rows[-1][1])
+
+
+def test_budget_counts_open_attempts_at_their_maximum(store):
+    store.plan_jobs(make_jobs(3))
+    store.start_run("r", "h", 1, "p1", "f1", {})
+    now = time.time()
+    jobs = store.claim("r", 3, now, 60)
+    first = store.begin_attempt(jobs[0].job_id, "r", "m", 0, "p1", 200, 0.4, 1.0, now, 60)
+    second = store.begin_attempt(jobs[1].job_id, "r", "m", 0, "p1", 200, 0.4, 1.0, now, 60)
+    third = store.begin_attempt(jobs[2].job_id, "r", "m", 0, "p1", 200, 0.4, 1.0, now, 60)
+    assert first.attempt_id and second.attempt_id
+    assert third.refused == "budget"
+    # The first lands for less than its reservation: room opens for the third.
+    store.finish_attempt(first.attempt_id, jobs[0].job_id, "r",
+                         OutcomeRecord("ok", 0.05, "response"))
+    again = store.begin_attempt(jobs[2].job_id, "r", "m", 0, "p1", 200, 0.4, 1.0, now, 60)
+    assert again.attempt_id is not None
+
+
+def test_claims_do_not_overlap_and_expired_leases_come_back(store):
+    store.plan_jobs(make_jobs(4))
+    now = time.time()
+    a = store.claim("run-a", 3, now, 10)
+    b = store.claim("run-b", 3, now, 10)
+    assert len(a) == 3 and len(b) == 1
+    assert not {j.job_id for j in a} & {j.job_id for j in b}
+    assert store.claim("run-c", 3, now + 5, 10) == []
+    later = store.claim("run-c", 10, now + 11, 10)
+    assert len(later) == 4
+
+
+def test_begin_attempt_refuses_a_job_whose_lease_moved_on(store):
+    store.plan_jobs(make_jobs(1))
+    now = time.time()
+    (job,) = store.claim("run-a", 1, now, 10)
+    (same,) = store.claim("run-b", 1, now + 20, 10)
+    assert same.job_id == job.job_id
+    refused = store.begin_attempt(job.job_id, "run-a", "m", 0, "p1", 200, 0.0, None, now + 21, 10)
+    assert refused.refused == "lease_lost"
+
+
+def _projection_snapshot(ledger):  # type: ignore[no-untyped-def]
+    with ledger.engine.connect() as conn:
+        return {
+            "job_state": conn.exec_driver_sql(
+                "SELECT job_id, seq, l1, pattern, level, state, attempts, last_attempt_no, "
+                "ROUND(spend_usd, 12) FROM job_state ORDER BY job_id").all(),
+            "open_attempts": conn.exec_driver_sql(
+                "SELECT * FROM open_attempts ORDER BY attempt_id").all(),
+            "totals": conn.exec_driver_sql(
+                "SELECT head_seq, head_hash, next_id, ROUND(spend_usd, 12) "
+                "FROM ledger_totals").all(),
+        }
+
+
+def test_rebuilt_projections_equal_incremental_ones(store, ledger):
+    _filled(store)
+    # Leave one attempt open (a crash between request and response).
+    store.start_run("run-b", "host", 2, "p1", "f1", {})
+    now = time.time()
+    jobs = store.claim("run-b", 5, now, 60)
+    store.begin_attempt(jobs[0].job_id, "run-b", "m", 0, "p1", 200, 0.01, None, now, 60)
+    store.release("run-b", [j.job_id for j in jobs])
+    incremental = _projection_snapshot(ledger)
+    store.rebuild_projections()
+    assert _projection_snapshot(ledger) == incremental
+    assert incremental["open_attempts"], "the scenario must include an open attempt"
+
