@@ -5,6 +5,7 @@ Every command is a thin call into `ledger`; errors print one line and exit nonze
 
 from __future__ import annotations
 
+import os
 import sys
 
 import fire
@@ -24,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except commands.Exit as done:
         return done.code
+    except BrokenPipeError:
+        # `cli.py report ... | head` closed the pipe early: not an error worth a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 0
 
 

@@ -1,0 +1,88 @@
+"""Migrations: the schema the code expects is the schema Alembic builds, both ways, with the
+append-only triggers intact; old ledgers upgrade on open and newer ones are refused."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from conftest import ROOT, run_cli
+from ledger import schema
+from ledger.db import _alembic_config, head_revision, make_engine, open_ledger, resolve_url
+from ledger.errors import SchemaTooNewError
+
+
+def _alembic(db_path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "alembic", "-x", f"db={db_path}", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def _triggers(db_path) -> set[str]:
+    con = sqlite3.connect(db_path)
+    try:
+        return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='trigger'")}
+    finally:
+        con.close()
+
+
+def test_migrated_schema_matches_the_code_metadata(ledger):
+    with ledger.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), schema.metadata)
+    assert diff == []
+
+
+def test_upgrade_downgrade_upgrade_with_alembic_keeps_triggers(tmp_path):
+    db = tmp_path / "l.db"
+    expected = {f"trg_{t.name}_{k}" for t in schema.EVENT_TABLES
+                for k in ("no_update", "no_delete", "no_replace")}
+    up = _alembic(db, "upgrade", "head")
+    assert up.returncode == 0, up.stderr
+    assert expected <= _triggers(db)
+    down = _alembic(db, "downgrade", "base")
+    assert down.returncode == 0, down.stderr
+    assert _triggers(db) == set()
+    again = _alembic(db, "upgrade", "head")
+    assert again.returncode == 0, again.stderr
+    assert expected <= _triggers(db)
+    con = sqlite3.connect(db)
+    con.execute("INSERT INTO runs VALUES ('r', 1, 'h', 't', 'host', 1, 'p', 'f', '{}')")
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        con.execute("DELETE FROM runs")
+    con.close()
+
+
+def test_a_ledger_from_a_newer_version_is_refused(tmp_path):
+    db = tmp_path / "l.db"
+    open_ledger(str(db)).dispose()
+    con = sqlite3.connect(db)
+    con.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
+    con.commit()
+    con.close()
+    with pytest.raises(SchemaTooNewError, match="newer"):
+        open_ledger(str(db))
+    result = run_cli("status", "--db", str(db))
+    assert result.returncode == 2
+    assert "newer than this scaffold-ledger" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_older_ledger_is_upgraded_on_open_and_says_so(tmp_path):
+    db = tmp_path / "l.db"
+    engine = make_engine(resolve_url(str(db)))
+    with engine.connect() as conn:
+        with conn.begin():
+            command.upgrade(_alembic_config(conn), "0001")
+    engine.dispose()
+    if head_revision() == "0001":
+        pytest.fail("this test needs a second revision to upgrade to")
+    result = run_cli("status", "--db", str(db))
+    assert result.returncode == 0, result.stderr
+    assert f"upgraded schema 0001 -> {head_revision()}" in result.stderr
+    again = run_cli("status", "--db", str(db))
+    assert "upgraded" not in again.stderr
