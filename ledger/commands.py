@@ -232,3 +232,17 @@ class Commands:
                         number(latency_ms, "--latency-ms"), bool(quiet), self._catalog_path)
         if code:
             raise Exit(code)
+
+    def refilter(self) -> str:
+        """Re-run the current quality filter over every stored response (no API call, no
+        spend); append the new verdicts and accept jobs whose response now passes."""
+        from .filters import FILTER_VERSION
+        from .refilter import refilter
+
+        ledger = self._open()
+        try:
+            r = refilter(ledger)
+        finally:
+            ledger.dispose()
+        return (f"filter {FILTER_VERSION}: judged {r.judged} stored response(s), {r.passed} "
+                f"passed, {r.newly_accepted} job(s) newly accepted, $0 spent")

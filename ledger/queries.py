@@ -172,3 +172,33 @@ def observed_usage(ledger: Ledger) -> dict[str, ModelUsage]:
     with ledger.engine.connect() as conn:
         return {r[0]: ModelUsage(float(r[1] or 0), float(r[2] or 0), int(r[3]), int(r[4]))
                 for r in conn.execute(_OBSERVED_USAGE)}
+
+
+_UNJUDGED_RESPONSES = text("""
+SELECT a.attempt_id, a.job_id, j.erroneous, j.correct, o.content, o.finish_reason
+FROM attempt_outcomes o
+JOIN attempts a ON a.attempt_id = o.attempt_id
+JOIN jobs j ON j.job_id = a.job_id
+WHERE o.content IS NOT NULL AND o.error_class IN ('ok', 'length', 'content_filter')
+  AND a.attempt_id > :after
+  AND NOT EXISTS (SELECT 1 FROM verdicts v
+                  WHERE v.attempt_id = a.attempt_id AND v.filter_version = :version)
+ORDER BY a.attempt_id LIMIT :n""")
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    attempt_id: int
+    job_id: str
+    erroneous: str
+    correct: str
+    content: str
+    finish_reason: str | None
+
+
+def unjudged_responses(ledger: Ledger, filter_version: str, after: int,
+                       n: int) -> list[StoredResponse]:
+    """Stored responses with no verdict under `filter_version`, in attempt order, paged."""
+    with ledger.engine.connect() as conn:
+        return [StoredResponse(*r) for r in conn.execute(
+            _UNJUDGED_RESPONSES, {"version": filter_version, "after": after, "n": n})]
