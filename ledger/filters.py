@@ -1,0 +1,347 @@
+"""Quality rules: is a generated dialogue good scaffolding?
+
+judge() is pure and deterministic: the same content, finish reason, sentence pair and config
+always give the same Verdict. Every verdict carries FILTER_VERSION, so changing a rule means a
+new version whose verdicts sit beside the old ones instead of rewriting them.
+
+Rule ids (stable strings: reports group and count by them):
+
+  truncated             finish_reason was "length": the model ran out of tokens.
+  content_filter        finish_reason was "content_filter": the provider withheld output.
+  empty                 content is missing or blank. No content rule runs after it.
+  unparseable           no dialogue can be read from the content. No content rule runs after it.
+  bad_structure         the dialogue does not open with the learner, or has an empty turn.
+  too_few_turns         fewer than FilterConfig.min_turns turns.
+  no_question           the tutor asks fewer than min_tutor_questions questions
+                        ('?'-terminated sentences, counted over all tutor turns).
+  explicit_correction   a tutor turn contains a correction phrase ("wrong", "mistake", ...):
+                        whole words or phrases, case-insensitive, a single word also in its
+                        plural ("errors"), never inside another word ("terror").
+  missing_target_error  the learner's first turn does not contain the job's erroneous sentence.
+  answer_given          a tutor turn contains the corrected sentence before any learner turn has.
+
+The finish-reason rules are reported beside whatever else fails; "empty" and "unparseable"
+replace the content rules, since there is no dialogue to judge.
+
+Sentence matching ("contains the erroneous sentence") works on words: lower-cased, curly
+apostrophes made straight, punctuation dropped, common contractions spelled out ("don't" ->
+"do not"). A turn contains a sentence when some stretch of its words is similar enough to it
+(difflib ratio over words), holds the words that set it apart from the other sentence of the
+pair, and is more similar to it than to that other sentence. So "Yesterday I no like coffee at
+all" contains "I no like coffee", while "I don't like coffee" and "I like coffee" do not, nor
+does "It is raining" contain "Is raining".
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from difflib import SequenceMatcher
+from typing import Any
+
+from ledger.dialogue import ASSISTANT, USER, Turn, Unparseable, parse_dialogue
+
+FILTER_VERSION: str = "f1"
+
+# Only "stop" is a complete answer; these two are rejected even when the text parses.
+_FINISH_REASON_RULES = {"length": "truncated", "content_filter": "content_filter"}
+
+RULES: tuple[str, ...] = (
+    "truncated",
+    "content_filter",
+    "empty",
+    "unparseable",
+    "bad_structure",
+    "too_few_turns",
+    "no_question",
+    "explicit_correction",
+    "missing_target_error",
+    "answer_given",
+)
+
+# Phrases that tell the learner they erred or hand them the fix. Deliberately absent:
+# "correct" alone (praise after the self-correction: "That's correct!") and "instead of"
+# ("What could you use instead of 'no'?" is a guiding question).
+DEFAULT_CORRECTION_PHRASES: tuple[str, ...] = (
+    "wrong",
+    "incorrect",
+    "incorrectly",
+    "should be",
+    "the correct form",
+    "mistake",
+    "error",
+    "not correct",
+    "isn't correct",
+    "correct way",
+    "you should say",
+    "should have said",
+    "it's not",
+    "not right",
+    "isn't right",
+    "ungrammatical",
+    "not grammatical",
+)
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """The rules' knobs; changing a default changes behaviour, so it needs a new FILTER_VERSION."""
+
+    correction_phrases: tuple[str, ...] = DEFAULT_CORRECTION_PHRASES
+    min_turns: int = 3
+    min_tutor_questions: int = 1
+    # Word-level similarity needed to say a turn contains a sentence. The learner's opening
+    # line is judged leniently (it is only the error's carrier); the corrected sentence,
+    # whose presence decides answer_given and self-correction, strictly.
+    error_match_threshold: float = 0.75
+    answer_match_threshold: float = 0.9
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome for one answer: the failed rule ids (in RULES order) and what was measured."""
+
+    passed: bool
+    reasons: tuple[str, ...]
+    # JSON-serialisable (a plain dict) so it can be stored as is.
+    metrics: Mapping[str, Any]
+    filter_version: str
+    turns: tuple[Turn, ...] = ()
+
+
+def judge(
+    content: str | None,
+    finish_reason: str | None,
+    erroneous: str,
+    correct: str,
+    config: FilterConfig = FilterConfig(),
+) -> Verdict:
+    """The verdict on one model answer for the job's (erroneous, correct) sentence pair."""
+    reasons = _finish_reasons(finish_reason)
+    if content is None or not content.strip():
+        return _without_dialogue(reasons + ["empty"], parse_error=None)
+    try:
+        turns = parse_dialogue(content)
+    except Unparseable as exc:
+        return _without_dialogue(reasons + ["unparseable"], parse_error=str(exc))
+
+    error_words = sentence_words(erroneous)
+    correct_words = sentence_words(correct)
+    tutor_texts = [turn.content for turn in turns if turn.role == ASSISTANT]
+    learner_texts = [turn.content for turn in turns if turn.role == USER]
+    questions = sum(count_questions(text) for text in tutor_texts)
+    phrases = correction_phrases_in(tutor_texts, config.correction_phrases)
+    error_match = (
+        containment(sentence_words(learner_texts[0]), error_words, correct_words)
+        if learner_texts
+        else 0.0
+    )
+    answer_turn = first_answer_turn(
+        turns, correct_words, error_words, config.answer_match_threshold
+    )
+    self_corrected = any(
+        says(text, correct_words, error_words, config.answer_match_threshold)
+        for text in learner_texts[1:]
+    )
+
+    failed = {
+        "bad_structure": turns[0].role != USER or any(not turn.content for turn in turns),
+        "too_few_turns": len(turns) < config.min_turns,
+        "no_question": questions < config.min_tutor_questions,
+        "explicit_correction": bool(phrases),
+        "missing_target_error": error_match < config.error_match_threshold,
+        "answer_given": answer_turn is not None,
+    }
+    reasons += [rule for rule in RULES if failed.get(rule)]
+    metrics = _metrics(
+        turns=len(turns),
+        learner_turns=len(learner_texts),
+        tutor_turns=len(tutor_texts),
+        tutor_questions=questions,
+        learner_self_corrected=self_corrected,
+        error_match=round(error_match, 4),
+        correction_phrases=phrases,
+        answer_given_turn=answer_turn,
+    )
+    return Verdict(not reasons, tuple(reasons), metrics, FILTER_VERSION, turns)
+
+
+def _finish_reasons(finish_reason: str | None) -> list[str]:
+    rule = _FINISH_REASON_RULES.get(finish_reason or "")
+    return [rule] if rule else []
+
+
+def _without_dialogue(reasons: list[str], parse_error: str | None) -> Verdict:
+    return Verdict(False, tuple(reasons), _metrics(parse_error=parse_error), FILTER_VERSION, ())
+
+
+def _metrics(**values: Any) -> dict[str, Any]:
+    """Every verdict has the same metric keys, so reports never meet a missing one."""
+    base: dict[str, Any] = {
+        "turns": 0,
+        "learner_turns": 0,
+        "tutor_turns": 0,
+        "tutor_questions": 0,
+        "learner_self_corrected": False,
+        "error_match": 0.0,
+        "correction_phrases": [],
+        "answer_given_turn": None,
+        "parse_error": None,
+    }
+    return base | values
+
+
+# --- rules' building blocks -------------------------------------------------------------------
+
+_QUESTION = re.compile(r"[^.!?\uff1f]*[?\uff1f]+")
+_CURLY = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\u00b4": "'", "`": "'"})
+
+
+def count_questions(text: str) -> int:
+    """How many sentences in text end with a question mark."""
+    return sum(1 for piece in _QUESTION.findall(text) if re.search(r"\w", piece))
+
+
+def correction_phrases_in(texts: Sequence[str], phrases: Sequence[str]) -> list[str]:
+    """The phrases (as configured) that occur as whole words in any of texts."""
+    haystack = "\n".join(texts).translate(_CURLY)
+    return [phrase for phrase in phrases if _phrase_pattern(phrase).search(haystack)]
+
+
+def _phrase_pattern(phrase: str) -> re.Pattern[str]:
+    words = phrase.translate(_CURLY).split()
+    body = r"\s+".join(re.escape(word) for word in words)
+    plural = "s?" if len(words) == 1 else ""
+    # re caches compiled patterns, so building them per call stays cheap and pure.
+    return re.compile(rf"(?<![\w']){body}{plural}(?![\w'])", re.IGNORECASE)
+
+
+# --- sentence matching ------------------------------------------------------------------------
+
+# A turn longer than this many words is not a plausible utterance; the cap keeps judge fast on
+# pathological output without affecting real dialogues.
+_MAX_WORDS = 2000
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
+_NOT_STEMS = {"ca": "can", "wo": "will", "sha": "shall"}
+_SUFFIXES = {"'m": "am", "'re": "are", "'ve": "have", "'ll": "will"}
+# "'s" is spelled out only after these: elsewhere it is usually a possessive.
+_IS_HOSTS = frozenset(
+    {"it", "that", "what", "there", "here", "he", "she", "who", "where", "how", "this"}
+)
+
+
+def sentence_words(text: str) -> list[str]:
+    """Normalised words: lower case, straight apostrophes, no punctuation, contractions expanded."""
+    words: list[str] = []
+    for token in _WORD.findall(text.translate(_CURLY).lower()):
+        words.extend(_expand_contraction(token))
+        if len(words) >= _MAX_WORDS:
+            break
+    return words[:_MAX_WORDS]
+
+
+def _expand_contraction(token: str) -> list[str]:
+    if token == "cannot":
+        return ["can", "not"]
+    if token.endswith("n't") and len(token) > 3:
+        stem = token[:-3]
+        return [_NOT_STEMS.get(stem, stem), "not"]
+    for suffix, word in _SUFFIXES.items():
+        if token.endswith(suffix) and len(token) > len(suffix):
+            return [token[: -len(suffix)], word]
+    if token.endswith("'s") and token[:-2] in _IS_HOSTS:
+        return [token[:-2], "is"]
+    if token == "let's":
+        return ["let", "us"]
+    return [token]
+
+
+def containment(
+    words: Sequence[str], target: Sequence[str], foil: Sequence[str], floor: float = 0.0
+) -> float:
+    """How well some stretch of words matches target (0..1), among stretches closer to target
+    than to foil. 0.0 when every similar stretch is really the foil. Scores below floor are
+    not worth computing exactly: any result under floor just means "no"."""
+    if not target or not words:
+        return 0.0
+    target_set = set(target)
+    if target_set.isdisjoint(words):
+        return 0.0
+    discriminate = bool(foil) and list(foil) != list(target)
+    required = _distinctive_words(target, foil) if discriminate else frozenset()
+    slack = max(2, len(target) // 2)
+    # The foil may be longer (an inserted word such as "It is raining" vs "Is raining"):
+    # compare against the foil over a stretch widened by that many words on each side.
+    widen = max(1, len(foil) - len(target))
+    to_target = SequenceMatcher(None, autojunk=False)
+    to_target.set_seq2(list(target))
+    to_foil = SequenceMatcher(None, autojunk=False)
+    to_foil.set_seq2(list(foil))
+    best = 0.0
+    for start, word in enumerate(words):
+        # An unmatched word at either end only lowers the ratio, so stretches that matter
+        # start and end on target words.
+        if word not in target_set:
+            continue
+        for length in range(1, len(target) + slack + 1):
+            end = start + length
+            if end > len(words):
+                break
+            if words[end - 1] not in target_set:
+                continue
+            to_target.set_seq1(list(words[start:end]))
+            bar = max(best, floor - 1e-9)
+            if to_target.real_quick_ratio() <= bar or to_target.quick_ratio() <= bar:
+                continue
+            score = to_target.ratio()
+            if score <= bar or not required.issubset(words[start:end]):
+                continue
+            if discriminate and _foil_score(to_foil, words, start, end, widen) >= score:
+                continue
+            best = score
+            if best == 1.0:
+                return best
+    return best
+
+
+def _distinctive_words(target: Sequence[str], foil: Sequence[str]) -> frozenset[str]:
+    """The target's words that the foil replaces or drops: "no" in "I no like coffee" against
+    "I do not like coffee". A stretch lacking them is not the target, however similar."""
+    opcodes = SequenceMatcher(None, list(target), list(foil), autojunk=False).get_opcodes()
+    return frozenset(
+        word
+        for tag, start, end, _, _ in opcodes
+        if tag in ("replace", "delete")
+        for word in target[start:end]
+    )
+
+
+def _foil_score(
+    to_foil: SequenceMatcher[str], words: Sequence[str], start: int, end: int, widen: int
+) -> float:
+    best = 0.0
+    for before in range(widen + 1):
+        for after in range(widen + 1):
+            to_foil.set_seq1(list(words[max(0, start - before) : end + after]))
+            best = max(best, to_foil.ratio())
+    return best
+
+
+def says(text: str, sentence: Sequence[str], other: Sequence[str], threshold: float) -> bool:
+    """Whether text contains sentence (normalised words) rather than the other of the pair."""
+    return containment(sentence_words(text), sentence, other, floor=threshold) >= threshold
+
+
+def first_answer_turn(
+    turns: Sequence[Turn], correct: Sequence[str], erroneous: Sequence[str], threshold: float
+) -> int | None:
+    """Index of the first tutor turn that says the corrected sentence while no learner turn
+    has said it yet; None when the tutor never gives the answer away."""
+    for index, turn in enumerate(turns):
+        said = says(turn.content, correct, erroneous, threshold)
+        if said and turn.role == USER:
+            return None
+        if said and turn.role == ASSISTANT:
+            return index
+    return None
