@@ -1,0 +1,408 @@
+"""The resumable generation loop: claim open jobs, walk the model chain, record every attempt,
+filter, accept; stop the whole run cleanly on credit, key, budget or Ctrl-C.
+
+Safe to kill at any moment: an attempt's intent is committed before its request leaves and its
+outcome, verdict and acceptance are committed together after, so a restart re-requests nothing
+that was accepted and shows what was in flight as "outcome unknown".
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .client import CallOutcome, OpenRouterClient
+from .db import Ledger
+from .dialogue import to_messages
+from .filters import FILTER_VERSION, FilterConfig, judge
+from .pricing import PriceBook, estimate_prompt_tokens
+from .prompts import PROMPT_VERSION, PromptInput, render_messages
+from .records import ClaimedJob, OutcomeRecord, VerdictRecord
+from .retry import Cooldown, RateLimiter, backoff_delay
+from .store import Store
+
+DEFAULT_MODELS = ("google/gemini-2.0-flash-001", "anthropic/claude-3.5-haiku",
+                  "moonshotai/kimi-k2.5")
+
+# Exit codes of `run`: a contract other tools rely on.
+EXIT_DONE, EXIT_CREDIT, EXIT_BUDGET, EXIT_KEY, EXIT_INTERRUPTED = 0, 3, 4, 5, 130
+_HALT_EXIT = {"done": EXIT_DONE, "credit": EXIT_CREDIT, "budget": EXIT_BUDGET, "key": EXIT_KEY,
+              "interrupted": EXIT_INTERRUPTED}
+# When two stops race, the one that matters more to the user wins.
+_HALT_RANK = {"key": 4, "credit": 3, "budget": 2, "interrupted": 1}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    models: tuple[str, ...] = DEFAULT_MODELS
+    max_tokens: int = 200
+    concurrency: int = 8
+    budget_usd: float | None = None
+    rpm: float | None = None
+    tries_per_model: int = 3        # transient failures on one model before the next
+    rejections_per_model: int = 2   # quality rejections on one model before the next
+    lease_s: float = 900.0          # a lease outlives every retry of one job on one model
+    retry_failed: bool = False
+    limit: int | None = None        # stop after this many jobs were finished (accepted/failed)
+    backoff_base_s: float = 0.5
+    backoff_cap_s: float = 30.0
+    filter_config: FilterConfig = field(default_factory=FilterConfig)
+
+    def public(self, base_url: str) -> dict[str, Any]:
+        """What a run row records about its configuration (never the key)."""
+        return {"models": list(self.models), "max_tokens": self.max_tokens,
+                "concurrency": self.concurrency, "budget_usd": self.budget_usd,
+                "rpm": self.rpm, "tries_per_model": self.tries_per_model,
+                "rejections_per_model": self.rejections_per_model, "base_url": base_url}
+
+
+@dataclass
+class RunStats:
+    accepted: int = 0
+    rejected: int = 0
+    failed_jobs: int = 0
+    failed_attempts: int = 0
+    attempts: int = 0
+    spend_usd: float = 0.0
+    models: Counter = field(default_factory=Counter)        # accepted by model served
+    rejections: Counter = field(default_factory=Counter)    # by rule
+    errors: Counter = field(default_factory=Counter)        # by error class
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    reason: str
+    exit_code: int
+    message: str
+    limit_source: str | None
+    stats: RunStats
+
+
+class _Halt:
+    """The first reason to stop the whole run, shared by every worker."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._lock = threading.Lock()
+        self.reason: str | None = None
+        self.message: str = ""
+        self.limit_source: str | None = None
+
+    def stop(self, reason: str, message: str, limit_source: str | None = None) -> None:
+        with self._lock:
+            if self.reason is None or _HALT_RANK.get(reason, 0) > _HALT_RANK.get(self.reason, 0):
+                self.reason, self.message, self.limit_source = reason, message, limit_source
+        self.event.set()
+
+
+def is_process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Runner:
+    """One `run`: N worker threads over one store, one client and one price book."""
+
+    def __init__(self, ledger: Ledger, client: OpenRouterClient, prices: PriceBook,
+                 config: RunConfig, *, on_progress: Callable[[RunStats], None] | None = None
+                 ) -> None:
+        self.ledger = ledger
+        self.client = client
+        self.prices = prices
+        self.config = config
+        self.store = Store(ledger)
+        self.run_id = uuid.uuid4().hex
+        self.halt = _Halt()
+        self.cooldown = Cooldown()
+        self.limiter = RateLimiter(config.rpm)
+        self.stats = RunStats()
+        self._stats_lock = threading.Lock()
+        self._on_progress = on_progress
+        self._queue: list[ClaimedJob] = []
+        self._queue_lock = threading.Lock()
+        self._exhausted = False
+        self._held: set[str] = set()       # jobs leased by this run and not finished
+        self._in_flight = 0
+        self._flight = threading.Condition()
+        self._claimed_total = 0
+        self.crash: BaseException | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self, dead_runs: Sequence[str]) -> None:
+        self.store.start_run(self.run_id, socket.gethostname(), os.getpid(), PROMPT_VERSION,
+                             FILTER_VERSION, self.config.public(self.client.base_url), dead_runs)
+        if self.config.retry_failed:
+            self.store.reopen_failed(self.run_id)
+
+    def run(self) -> RunResult:
+        """Run workers until no open job is left or a halt; then record the stop."""
+        threads = [threading.Thread(target=self._worker, name=f"worker-{i}", daemon=True)
+                   for i in range(max(1, self.config.concurrency))]
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.2)
+        except KeyboardInterrupt:
+            self.halt.stop("interrupted", "interrupted by Ctrl-C")
+            for t in threads:  # in-flight requests finish and are recorded
+                t.join()
+        return self._finish()
+
+    def _finish(self) -> RunResult:
+        reason = self.halt.reason or "done"
+        message = self.halt.message or "no open job left"
+        with self._queue_lock:
+            held = sorted(self._held)
+        self.store.release(self.run_id, held)
+        exit_code = _HALT_EXIT.get(reason, 1)
+        self.store.stop_run(self.run_id, reason, exit_code, self.halt.limit_source, message)
+        self.store.close()
+        return RunResult(self.run_id, reason, exit_code, message, self.halt.limit_source,
+                         self.stats)
+
+    # --- job source -----------------------------------------------------------------------
+
+    def _next_job(self) -> ClaimedJob | None:
+        with self._queue_lock:
+            if not self._queue and not self._exhausted:
+                want = max(1, min(self.config.concurrency, 64))
+                if self.config.limit is not None:
+                    want = min(want, self.config.limit - self._claimed_total)
+                claimed = (self.store.claim(self.run_id, want, time.time(), self.config.lease_s)
+                           if want > 0 else [])
+                if not claimed:
+                    self._exhausted = True
+                self._claimed_total += len(claimed)
+                self._queue.extend(claimed)
+                self._held.update(j.job_id for j in claimed)
+            return self._queue.pop(0) if self._queue else None
+
+    def _worker(self) -> None:
+        while not self.halt.event.is_set():
+            job = self._next_job()
+            if job is None:
+                return
+            try:
+                finished = self._process(job)
+            except BaseException as exc:  # a worker must not die silently
+                self.crash = exc
+                self.halt.stop("error", f"{type(exc).__name__}: {exc}")
+                return
+            if finished:
+                with self._queue_lock:
+                    self._held.discard(job.job_id)
+            # An unfinished job stays held; _finish releases it for the next run.
+
+    # --- one job ----------------------------------------------------------------------------
+
+    def _process(self, job: ClaimedJob) -> bool:
+        """Walk the chain for one job. True when the job ended (accepted or failed)."""
+        messages = render_messages(PromptInput(
+            l1_name=job.l1.capitalize(), level=job.level, persona=job.persona, topic=job.topic,
+            pattern_name=job.pattern.replace("_", " "), erroneous=job.erroneous,
+            correct=job.correct))
+        prompt_tokens = estimate_prompt_tokens(messages)
+        reasons: list[str] = []
+        for position, model in enumerate(self.config.models):
+            result = self._try_model(job, model, position, messages, prompt_tokens)
+            if result in ("accepted", "gone"):
+                return True
+            if result == "halt":
+                return False
+            reasons.append(f"{model}: {result}")
+        self.store.fail_job(job.job_id, self.run_id, reasons)
+        self._count(failed_jobs=1)
+        return True
+
+    def _try_model(self, job: ClaimedJob, model: str, position: int,
+                   messages: list[dict[str, str]], prompt_tokens: int) -> str:
+        """Tries on one model. Returns 'accepted', 'gone' (someone else finished the job),
+        'halt', or the reason this model gave up (for the failure record)."""
+        transient = rejections = 0
+        reserve = self.prices.max_cost(model, prompt_tokens, self.config.max_tokens)
+        while True:
+            if self.halt.event.is_set():
+                return "halt"
+            self.cooldown.wait(self.halt.event)
+            self.limiter.acquire(self.halt.event)
+            if self.halt.event.is_set():
+                return "halt"
+            start = self._begin(job, model, position, reserve)
+            if start is None:
+                return "halt"
+            if start.refused:
+                return "gone"
+            outcome = self._call(model, messages, start.attempt_id, job)
+            if outcome is None:
+                return "halt"
+            verdict_state, last = self._record(job, model, start.attempt_id, outcome)
+            if verdict_state == "accepted":
+                return "accepted"
+            if verdict_state == "gone":
+                return "gone"
+            if verdict_state == "rejected":
+                rejections += 1
+                if rejections >= self.config.rejections_per_model:
+                    return f"rejected {rejections}x ({last})"
+                continue
+            if outcome.halt_reason:
+                self._halt_for(outcome)
+                return "halt"
+            if outcome.next_model:
+                return outcome.error_class
+            transient += 1
+            if outcome.error_class in ("rate_limited", "credit_in_flight"):
+                self.cooldown.pause_for(outcome.retry_after_s or backoff_delay(
+                    transient, None, base_s=self.config.backoff_base_s,
+                    cap_s=self.config.backoff_cap_s))
+            if transient >= self.config.tries_per_model:
+                return f"{outcome.error_class} x{transient}"
+            delay = backoff_delay(transient, outcome.retry_after_s,
+                                  base_s=self.config.backoff_base_s,
+                                  cap_s=self.config.backoff_cap_s)
+            if self.halt.event.wait(delay):
+                return "halt"
+
+    def _begin(self, job: ClaimedJob, model: str, position: int, reserve: float):  # type: ignore[no-untyped-def]
+        """Commit the attempt's intent; wait while the budget is held by our own requests in
+        flight, stop the run when the budget is truly spent. None means halt."""
+        while True:
+            start = self.store.begin_attempt(
+                job.job_id, self.run_id, model, position, PROMPT_VERSION, self.config.max_tokens,
+                reserve, self.config.budget_usd, time.time(), self.config.lease_s)
+            if start.refused != "budget":
+                if start.refused is None:
+                    with self._flight:
+                        self._in_flight += 1
+                return start
+            with self._flight:
+                if self._in_flight == 0:
+                    self.halt.stop("budget", f"budget of ${self.config.budget_usd:.6f} reached "
+                                   "(spend plus requests that may still be billed)")
+                    return None
+                self._flight.wait(1.0)  # our requests in flight may free their reservation
+            if self.halt.event.is_set():
+                return None
+
+    def _call(self, model: str, messages: list[dict[str, str]], attempt_id: int,
+              job: ClaimedJob) -> CallOutcome | None:
+        if self.halt.event.is_set():
+            # The intent is committed but nothing was sent: say so, at no cost.
+            self._record_unsent(job, attempt_id)
+            return None
+        return self.client.chat(model, messages, self.config.max_tokens)
+
+    def _record_unsent(self, job: ClaimedJob, attempt_id: int) -> None:
+        self.store.finish_attempt(attempt_id, job.job_id, self.run_id, OutcomeRecord(
+            error_class="not_sent", cost_usd=0.0, cost_source="none",
+            message="run stopped before the request was sent"))
+        self._landed()
+
+    def _landed(self) -> None:
+        with self._flight:
+            self._in_flight -= 1
+            self._flight.notify_all()
+
+    def _record(self, job: ClaimedJob, model: str, attempt_id: int,
+                outcome: CallOutcome) -> tuple[str, str]:
+        """Store the outcome (+ verdict, acceptance) in one transaction.
+
+        Returns ('accepted' | 'rejected' | 'gone' | 'error', last reason)."""
+        cost, source = self._cost(model, outcome)
+        verdict_rec = None
+        passed = False
+        last = outcome.error_class
+        if outcome.error_class in ("ok", "length", "content_filter"):
+            v = judge(outcome.content, outcome.finish_reason, job.erroneous, job.correct,
+                      self.config.filter_config)
+            passed = v.passed
+            last = ",".join(v.reasons) or "passed"
+            verdict_rec = verdict_record(v)
+        record = outcome_record(outcome, cost, source)
+        accepted = self.store.finish_attempt(attempt_id, job.job_id, self.run_id, record,
+                                             verdict_rec, accept=passed)
+        self._landed()
+        with self._stats_lock:
+            s = self.stats
+            s.attempts += 1
+            s.spend_usd += cost
+            if verdict_rec is None:
+                s.failed_attempts += 1
+                s.errors[outcome.error_class] += 1
+            elif accepted:
+                s.accepted += 1
+                s.models[outcome.model_served or model] += 1
+            else:
+                s.rejected += 1
+                for r in verdict_rec.reasons:
+                    s.rejections[r] += 1
+        if self._on_progress is not None:
+            self._on_progress(self.stats)
+        if verdict_rec is None:
+            return "error", last
+        if accepted:
+            return "accepted", last
+        if passed:
+            return "gone", last  # passed, but another worker accepted the job first
+        return "rejected", last
+
+    def _cost(self, model: str, outcome: CallOutcome) -> tuple[float, str]:
+        if outcome.cost_usd is not None:
+            return float(outcome.cost_usd), "response"
+        if outcome.prompt_tokens is not None or outcome.completion_tokens is not None:
+            price = self.prices.get(outcome.model_served or model)
+            return price.cost(outcome.prompt_tokens or 0, outcome.completion_tokens or 0), \
+                "estimate"
+        return 0.0, "none"
+
+    def _halt_for(self, outcome: CallOutcome) -> None:
+        if outcome.halt_reason == "key":
+            self.halt.stop("key", "the API key was rejected (HTTP 401); set a valid "
+                           "OPENROUTER_API_KEY and run again")
+        else:
+            detail = outcome.message or "credit exhausted"
+            self.halt.stop("credit", f"out of credit (HTTP 402, {outcome.limit_source or 'no limit_source'}): "
+                           f"{detail}; top up, then run `python cli.py run` again to resume",
+                           outcome.limit_source)
+
+    def _count(self, **kw: int) -> None:
+        with self._stats_lock:
+            for k, v in kw.items():
+                setattr(self.stats, k, getattr(self.stats, k) + v)
+
+
+def outcome_record(o: CallOutcome, cost_usd: float, cost_source: str) -> OutcomeRecord:
+    return OutcomeRecord(
+        error_class=o.error_class, cost_usd=cost_usd, cost_source=cost_source,
+        http_status=o.http_status, error_code=o.error_code, error_type=o.error_type,
+        limit_source=o.limit_source, retry_after_s=o.retry_after_s, message=o.message,
+        model_served=o.model_served, provider=o.provider, generation_id=o.generation_id,
+        prompt_tokens=o.prompt_tokens, completion_tokens=o.completion_tokens,
+        latency_ms=round(o.latency_ms, 3), finish_reason=o.finish_reason, content=o.content)
+
+
+def verdict_record(v: Any) -> VerdictRecord:
+    import json
+
+    m = dict(v.metrics)
+    return VerdictRecord(
+        filter_version=v.filter_version, passed=v.passed, reasons=tuple(v.reasons),
+        turns=int(m.get("turns", 0)), tutor_questions=int(m.get("tutor_questions", 0)),
+        self_corrected=bool(m.get("learner_self_corrected", False)), metrics=m,
+        messages_json=json.dumps(to_messages(v.turns), ensure_ascii=False) if v.turns else None)
