@@ -8,6 +8,7 @@ chained: each gets the next global `seq` and `row_hash = sha256(prev_hash + cano
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import threading
 from collections.abc import Iterator, Sequence
@@ -31,6 +32,17 @@ from .records import (
 from .sql import Statements
 
 CHAIN_COLUMNS = ("seq", "row_hash")
+FAULT_ENV = "LEDGER_FAULT_EXIT_AT"
+FAULT_EXIT_CODE = 77
+
+
+def _fault_point(value: str | None) -> tuple[int, str] | None:
+    """Crash-test hook: `K:before` or `K:after` makes the process _exit at its K-th write
+    transaction, just before or just after the commit. Unset in normal use."""
+    if not value:
+        return None
+    k, _, phase = value.partition(":")
+    return int(k), (phase or "before")
 
 
 def event_columns(table: Table) -> list[str]:
@@ -110,6 +122,8 @@ class Store:
         self.sql = Statements(ledger.dialect)
         self._lock = threading.Lock()
         self._conn: Connection | None = None
+        self._fault = _fault_point(os.environ.get(FAULT_ENV))
+        self._writes = 0
 
     def close(self) -> None:
         with self._lock:
@@ -131,6 +145,8 @@ class Store:
                     if tx.dirty:
                         conn.exec_driver_sql(self.sql["update_totals"], (
                             tx.head_seq, tx.head_hash, tx.next_id, tx.spend_usd))
+                    self._maybe_crash("before")
+                self._maybe_crash("after")
             except BaseException:
                 # A connection whose transaction died mid-way is not reused.
                 self._conn = None
@@ -139,6 +155,14 @@ class Store:
                 except Exception:  # noqa: BLE001 - already failing; keep the first error
                     pass
                 raise
+
+    def _maybe_crash(self, phase: str) -> None:
+        if self._fault is None:
+            return
+        if phase == "before":
+            self._writes += 1
+        if self._writes == self._fault[0] and phase == self._fault[1]:
+            os._exit(FAULT_EXIT_CODE)
 
     # --- planning -------------------------------------------------------------------------
 
