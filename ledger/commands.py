@@ -246,3 +246,21 @@ class Commands:
             ledger.dispose()
         return (f"filter {FILTER_VERSION}: judged {r.judged} stored response(s), {r.passed} "
                 f"passed, {r.newly_accepted} job(s) newly accepted, $0 spent")
+
+    def verify(self, manifest: Any = None) -> None:
+        """Check the ledger: append-only triggers present, hash chain intact (names the first
+        altered or removed event), projections equal a replay, one acceptance per job, costs
+        reconcile; --manifest FILE.manifest.json also checks an export against the ledger.
+        Exit 1 when a check fails."""
+        from .verify import verify
+
+        ledger = self._open()
+        try:
+            checks = verify(ledger, names(manifest, "--manifest"))
+        finally:
+            ledger.dispose()
+        for c in checks:
+            print(f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}")
+        if not all(c.ok for c in checks):
+            raise Exit(1)
+        return None

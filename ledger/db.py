@@ -25,6 +25,7 @@ DEFAULT_DB = "ledger.db"
 BUSY_TIMEOUT_MS = 30_000
 ROOT = Path(__file__).resolve().parent.parent
 SQLITE_HEADER = b"SQLite format 3\x00"
+WRITE_OPTION = "ledger_write"
 
 
 def resolve_url(db: str | None) -> str:
@@ -76,7 +77,16 @@ def _install_sqlite_settings(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers take the lock up front; readers take a WAL snapshot and never block anyone.
+        if conn.get_execution_options().get(WRITE_OPTION):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+
+def write_connection(engine: Engine):  # type: ignore[no-untyped-def]
+    """A connection whose transactions take the write lock at BEGIN (SQLite)."""
+    return engine.connect().execution_options(**{WRITE_OPTION: True})
 
 
 def _install_readonly_sqlite_settings(engine: Engine) -> None:
@@ -183,7 +193,7 @@ def migrate(engine: Engine, *, quiet: bool = False) -> None:
     from alembic import command
 
     head = head_revision()
-    with engine.connect() as conn:
+    with write_connection(engine) as conn:
         current = _current_revision(conn)
         conn.rollback()
         if current == head:

@@ -202,3 +202,86 @@ def unjudged_responses(ledger: Ledger, filter_version: str, after: int,
     with ledger.engine.connect() as conn:
         return [StoredResponse(*r) for r in conn.execute(
             _UNJUDGED_RESPONSES, {"version": filter_version, "after": after, "n": n})]
+
+
+def iter_events(ledger: Ledger, table: str, columns: Sequence[str], chunk: int = 50_000):  # type: ignore[no-untyped-def]
+    """(seq, row_hash, values) of one event table in seq order, streamed in pages."""
+    sql = text(f"SELECT seq, row_hash, {', '.join(columns)} FROM {table} "
+               "WHERE seq > :after ORDER BY seq LIMIT :n")
+    after = 0
+    with ledger.engine.connect() as conn:
+        while True:
+            rows = conn.execute(sql, {"after": after, "n": chunk}).all()
+            if not rows:
+                return
+            for r in rows:
+                yield r[0], r[1], list(r[2:])
+            after = rows[-1][0]
+
+
+def trigger_names(ledger: Ledger) -> set[str]:
+    sql = ("SELECT name FROM sqlite_master WHERE type = 'trigger'" if ledger.dialect == "sqlite"
+           else "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")
+    with ledger.engine.connect() as conn:
+        return {r[0] for r in conn.exec_driver_sql(sql)}
+
+
+def projection_rows(ledger: Ledger) -> tuple[set[tuple], set[tuple]]:
+    """(job_state without leases, open_attempts) as stored."""
+    with ledger.engine.connect() as conn:
+        js = {tuple(r[:8]) + (round(float(r[8]), 9),) for r in conn.exec_driver_sql(
+            "SELECT job_id, seq, l1, pattern, level, state, attempts, last_attempt_no, spend_usd "
+            "FROM job_state")}
+        oa = {tuple(r) for r in conn.exec_driver_sql(
+            "SELECT attempt_id, job_id, run_id, reserved_usd FROM open_attempts")}
+    return js, oa
+
+
+def replayed_projection_rows(ledger: Ledger) -> tuple[set[tuple], set[tuple]]:
+    """The same projections computed from the events alone."""
+    from .sql import REPLAY_JOB_STATE
+
+    with ledger.engine.connect() as conn:
+        js = {tuple(r[:8]) + (round(float(r[8]), 9),)
+              for r in conn.exec_driver_sql(REPLAY_JOB_STATE)}
+        oa = {tuple(r) for r in conn.exec_driver_sql(
+            "SELECT at.attempt_id, at.job_id, at.run_id, at.reserved_usd FROM attempts at "
+            "WHERE NOT EXISTS (SELECT 1 FROM attempt_outcomes o "
+            "WHERE o.attempt_id = at.attempt_id)")}
+    return js, oa
+
+
+def money_totals(ledger: Ledger) -> tuple[float, float, float, int]:
+    """(ledger_totals.spend_usd, SUM of outcome costs, SUM of job_state spend, duplicate
+    acceptances)."""
+    with ledger.engine.connect() as conn:
+        totals = conn.exec_driver_sql("SELECT spend_usd FROM ledger_totals WHERE id = 1").scalar()
+        outcomes = conn.exec_driver_sql("SELECT SUM(cost_usd) FROM attempt_outcomes").scalar()
+        states = conn.exec_driver_sql("SELECT SUM(spend_usd) FROM job_state").scalar()
+        dupes = conn.exec_driver_sql(
+            "SELECT COUNT(*) FROM (SELECT job_id FROM acceptances GROUP BY job_id "
+            "HAVING COUNT(*) > 1) d").scalar()
+    return float(totals or 0), float(outcomes or 0), float(states or 0), int(dupes or 0)
+
+
+def chain_head(ledger: Ledger) -> tuple[int, str]:
+    with ledger.engine.connect() as conn:
+        row = conn.exec_driver_sql(
+            "SELECT head_seq, head_hash FROM ledger_totals WHERE id = 1").one()
+    return int(row[0]), str(row[1])
+
+
+def accepted_count(ledger: Ledger) -> int:
+    with ledger.engine.connect() as conn:
+        return int(conn.exec_driver_sql("SELECT COUNT(*) FROM acceptances").scalar() or 0)
+
+
+def event_hash_at(ledger: Ledger, seq: int) -> str | None:
+    """The row_hash of the event with this seq, whichever table holds it."""
+    from .schema import EVENT_TABLES
+
+    sql = text(" UNION ALL ".join(f"SELECT row_hash FROM {t.name} WHERE seq = :seq"
+                                  for t in EVENT_TABLES))
+    with ledger.engine.connect() as conn:
+        row = conn.execute(sql, {"seq": seq}).first()
+    return row[0] if row else None

@@ -47,7 +47,19 @@ _STORE_SQL = {
     "rebuild_job_state": """
 INSERT INTO job_state (job_id, seq, l1, pattern, level, state, attempts, last_attempt_no,
                        spend_usd, lease_owner, lease_expires_at)
-SELECT j.job_id, j.seq, j.l1, j.pattern, j.level,
+{replay_job_state}""",
+    "rebuild_open_attempts": """
+INSERT INTO open_attempts (attempt_id, job_id, run_id, reserved_usd)
+SELECT at.attempt_id, at.job_id, at.run_id, at.reserved_usd FROM attempts at
+WHERE NOT EXISTS (SELECT 1 FROM attempt_outcomes o WHERE o.attempt_id = at.attempt_id)""",
+    "rebuild_totals_source": """
+SELECT h.seq, h.row_hash,
+       (SELECT MAX(id) FROM ({ids}) x) + 1,
+       (SELECT SUM(cost_usd) FROM attempt_outcomes)
+FROM ({events}) h ORDER BY h.seq DESC LIMIT 1""",
+}
+
+REPLAY_JOB_STATE = """SELECT j.job_id, j.seq, j.l1, j.pattern, j.level,
        CASE WHEN acc.job_id IS NOT NULL THEN 'accepted'
             WHEN COALESCE(f.last_seq, 0) > COALESCE(r.last_seq, 0) THEN 'failed'
             ELSE 'open' END,
@@ -61,17 +73,7 @@ LEFT JOIN (SELECT job_id, MAX(seq) AS last_seq FROM job_reopens GROUP BY job_id)
 LEFT JOIN (SELECT at.job_id, COUNT(*) AS n, MAX(at.attempt_no) AS last_no,
                   SUM(COALESCE(o.cost_usd, 0.0)) AS spend
            FROM attempts at LEFT JOIN attempt_outcomes o ON o.attempt_id = at.attempt_id
-           GROUP BY at.job_id) a ON a.job_id = j.job_id""",
-    "rebuild_open_attempts": """
-INSERT INTO open_attempts (attempt_id, job_id, run_id, reserved_usd)
-SELECT at.attempt_id, at.job_id, at.run_id, at.reserved_usd FROM attempts at
-WHERE NOT EXISTS (SELECT 1 FROM attempt_outcomes o WHERE o.attempt_id = at.attempt_id)""",
-    "rebuild_totals_source": """
-SELECT h.seq, h.row_hash,
-       (SELECT MAX(id) FROM ({ids}) x) + 1,
-       (SELECT SUM(cost_usd) FROM attempt_outcomes)
-FROM ({events}) h ORDER BY h.seq DESC LIMIT 1""",
-}
+           GROUP BY at.job_id) a ON a.job_id = j.job_id"""
 
 _ID_COLUMNS = {"attempts": "attempt_id", "verdicts": "verdict_id", "job_failures": "failure_id",
                "job_reopens": "reopen_id", "imports": "import_id", "prices": "price_id"}
@@ -95,6 +97,7 @@ class Statements:
             "ids": " UNION ALL ".join(f"SELECT {c} AS id FROM {t}" for t, c in _ID_COLUMNS.items())
             + " UNION ALL SELECT 0 AS id",
             "events": _event_union("seq, row_hash"),
+            "replay_job_state": REPLAY_JOB_STATE,
         }
         self._sql = {name: self._translate(text.format(**fmt)) for name, text in _STORE_SQL.items()}
 

@@ -19,7 +19,7 @@ from sqlalchemy import Table
 from sqlalchemy.engine import Connection
 
 from . import schema
-from .db import Ledger
+from .db import Ledger, write_connection
 from .records import (
     AttemptStart,
     ClaimedJob,
@@ -135,7 +135,7 @@ class Store:
     def transaction(self) -> Iterator[Tx]:
         with self._lock:
             if self._conn is None:
-                self._conn = self.ledger.engine.connect()
+                self._conn = write_connection(self.ledger.engine)
             conn = self._conn
             try:
                 with conn.begin():
