@@ -118,6 +118,10 @@ def make_engine(url: str, *, readonly: bool = False) -> Engine:
                 raise DatabaseError("an in-memory ledger would be lost on exit; pass --db a "
                                     "file path")
             _check_sqlite_file(path)
+            if not readonly and not Path(path).exists():
+                # Owner-only from the first byte: prompts and responses are the team's data.
+                # SQLite gives the -wal and -shm files the same mode.
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
             if readonly:
                 if not Path(path).exists():
                     raise DatabaseError(f"no ledger at {path}; run `python cli.py plan` first "
