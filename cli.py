@@ -10,7 +10,10 @@ import sys
 
 import fire
 
+from sqlalchemy.exc import DBAPIError
+
 from ledger import commands
+from ledger.db import database_error_from
 from ledger.errors import LedgerError
 
 
@@ -20,6 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     except LedgerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except DBAPIError as exc:
+        # The database failed under us (disk full, file removed, server gone): one line, and
+        # the transaction in progress was rolled back, so nothing is half written.
+        err = database_error_from(exc)
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

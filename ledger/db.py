@@ -238,10 +238,22 @@ def open_ledger(db: str | None = None, *, create: bool = True, readonly: bool = 
 
 
 def _display(url: str) -> str:
+    if "://" not in url:
+        return url
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
         return "the database"
+
+
+def database_error_from(exc: Exception, url: str | None = None) -> DatabaseError:
+    """A driver error as one actionable line."""
+    orig = getattr(exc, "orig", exc)
+    text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    if "disk is full" in text or "No space left" in text:
+        return DatabaseError(f"the disk holding the ledger is full ({text}); free space and run "
+                             "the command again: committed work is safe")
+    return _database_error(url or "the ledger", exc)
 
 
 def _database_error(url: str, exc: Exception) -> DatabaseError:
