@@ -86,8 +86,8 @@ class CallOutcome:
         return STOP_RUN.get(self.error_class)
 
 
-
-def classify(status: int, body: object | None) -> tuple[str, int | None, str | None, str | None]:
+def classify(status: int, body: object | None
+             ) -> tuple[str, int | None, str | None, str | None]:
     """(error_class, error_code, error_type, limit_source) from a status and a decoded body.
 
     `body` is the decoded JSON, or None when the body was not JSON. An error inside a 200 is
@@ -161,15 +161,11 @@ def _str(value: object) -> str | None:
 
 
 def _int(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None
+    return int(value) if isinstance(value, str) and value.strip().isdigit() else None
 
 
 def _number(value: object) -> float | None:
@@ -201,19 +197,12 @@ class OpenRouterClient:
     is what sets the number of connections.
     """
 
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str,
-        *,
-        timeout_s: float = 60.0,
-        connect_timeout_s: float = 10.0,
-        pool_size: int = 8,
-        app_title: str = "scaffold-ledger",
-        app_url: str = "https://github.com/scaffold-ledger/scaffold-ledger",
-    ) -> None:
+    def __init__(self, base_url: str, api_key: str, *, timeout_s: float = 60.0,
+                 connect_timeout_s: float = 10.0, pool_size: int = 8,
+                 app_title: str = "scaffold-ledger",
+                 app_url: str = "http://localhost/scaffold-ledger") -> None:
         if not base_url.startswith(("http://", "https://")):
-            raise UsageError(f"the API base URL must start with http:// or https://, got {base_url!r}")
+            raise UsageError(f"the API base URL must start with http:// or https://: {base_url!r}")
         self.base_url = base_url.rstrip("/")
         self.pool_size = pool_size
         self._api_key = api_key
@@ -246,14 +235,8 @@ class OpenRouterClient:
 
     # --- chat -----------------------------------------------------------------------------
 
-    def chat(
-        self,
-        model: str,
-        messages: list[dict],
-        max_tokens: int,
-        *,
-        extra: dict | None = None,
-    ) -> CallOutcome:
+    def chat(self, model: str, messages: list[dict], max_tokens: int, *,
+             extra: dict | None = None) -> CallOutcome:
         """POST /chat/completions once. Never raises for HTTP or network problems."""
         payload: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens}
         if extra:
@@ -266,9 +249,8 @@ class OpenRouterClient:
             session, template = self._thread_state()
             request = template.copy()
             request.prepare_body(data, None)
-            response = session.send(
-                request, timeout=self._timeout, stream=True, allow_redirects=False, proxies=self._proxies
-            )
+            response = session.send(request, timeout=self._timeout, stream=True,
+                                    allow_redirects=False, proxies=self._proxies)
             raw = response.content
         except requests.RequestException as exc:
             if response is not None:
@@ -277,7 +259,8 @@ class OpenRouterClient:
         latency_ms = (time.perf_counter() - started) * 1000.0
         return self._outcome(response.status_code, response.headers, raw, latency_ms)
 
-    def _outcome(self, status: int, headers: Mapping[str, str], raw: bytes, latency_ms: float) -> CallOutcome:
+    def _outcome(self, status: int, headers: Mapping[str, str], raw: bytes,
+                 latency_ms: float) -> CallOutcome:
         body = _decode(raw)
         error_class, code, error_type, limit_source = classify(status, body)
         doc = body if isinstance(body, dict) else {}
@@ -310,7 +293,7 @@ class OpenRouterClient:
         if error_class == "malformed":
             return self._one_line("response body is not a JSON object: " + _snippet(raw))
         if error_class == "no_choices":
-            return "response has no usable choice (no choices, empty content or unexpected finish_reason)"
+            return "no usable choice: no choices, empty content or an unexpected finish_reason"
         if error_class in ("length", "content_filter"):
             return None
         return self._one_line(_snippet(raw)) if raw else None
@@ -353,7 +336,8 @@ class OpenRouterClient:
         """The `data` member of a GET's JSON body; None on 404; any other failure raises."""
         url = self.base_url + path
         try:
-            response = self._session().get(url, params=params, timeout=self._timeout)
+            session = self._thread_state()[0]
+            response = session.get(url, params=params, timeout=self._timeout)
         except requests.RequestException as exc:
             # from None: the chained requests exception would print the URL and its internals.
             raise LedgerError(self._one_line(
@@ -374,15 +358,12 @@ class OpenRouterClient:
         data = doc.get("data")
         if not isinstance(data, kind):
             raise LedgerError(self._one_line(
-                f"GET {path} returned no `data` {kind.__name__} ({_snippet(response.content, 100)});"
-                " is the base URL an OpenRouter-compatible API?"
+                f"GET {path} returned no `data` {kind.__name__}: {_snippet(response.content, 100)}"
+                " (is the base URL an OpenRouter-compatible API?)"
             ))
         return data
 
     # --- plumbing ---------------------------------------------------------------------------
-
-    def _session(self) -> requests.Session:
-        return self._thread_state()[0]
 
     def _thread_state(self) -> tuple[requests.Session, requests.PreparedRequest]:
         """This thread's Session and its prepared chat request template.
@@ -412,7 +393,8 @@ class OpenRouterClient:
         session.headers.update(self._headers)
         # max_retries=0: every try is a separate recorded attempt, so urllib3 must not retry
         # behind our back (a hidden retry could bill twice and record once).
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(1, self.pool_size), max_retries=0)
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(1, self.pool_size),
+                              max_retries=0)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         with self._sessions_lock:

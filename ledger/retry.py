@@ -1,9 +1,8 @@
 """When to try an OpenRouter call again, and how long every worker waits before it does.
 
 Each try is its own recorded attempt, so the retry loop lives in the runner; this module only
-holds the policy (which outcome classes are transient, which end a model, which end the run)
-the waiting primitives shared by the worker threads, and the reading of a server's
-Retry-After.
+holds the policy (which outcome classes are transient, which end a model, which end the run),
+the reading of a server's Retry-After, and the waiting primitives shared by the worker threads.
 """
 
 from __future__ import annotations
@@ -22,18 +21,10 @@ from ledger.errors import UsageError
 # Outcome classes worth the same call again after a pause. error_in_200, malformed and
 # no_choices are listed because they come from a generation that broke half-way, not from the
 # request itself; a bad request would have been a 400.
-RETRYABLE = frozenset(
-    {
-        "rate_limited",
-        "server_error",
-        "timeout",
-        "connection_error",
-        "credit_in_flight",
-        "error_in_200",
-        "malformed",
-        "no_choices",
-    }
-)
+RETRYABLE = frozenset({
+    "rate_limited", "server_error", "timeout", "connection_error", "credit_in_flight",
+    "error_in_200", "malformed", "no_choices",
+})
 
 # Permanent for this prompt on this model: another model in the chain may still do.
 NEXT_MODEL = frozenset({"bad_request", "forbidden"})

@@ -83,7 +83,8 @@ class ScriptedServer:
         with self._lock:
             self._queue.extend(replies)
 
-    def reply(self, status: int = 200, body: Any = b"", headers: dict[str, str] | None = None) -> None:
+    def reply(self, status: int = 200, body: Any = b"",
+              headers: dict[str, str] | None = None) -> None:
         self.queue(Reply(status, body, dict(headers or {})))
 
     def close_connection(self) -> None:

@@ -27,12 +27,14 @@ MESSAGES = [{"role": "user", "content": "Write a dialogue."}]
 USAGE = {"prompt_tokens": 120, "completion_tokens": 340, "total_tokens": 460, "cost": 0.00123}
 
 
-def completion(content: object = "Tutor: What do you notice?", finish_reason: object = "stop", **extra: object) -> dict:
+def completion(content: object = "Tutor: What do you notice?", finish_reason: object = "stop",
+               **extra: object) -> dict:
+    message = {"role": "assistant", "content": content}
     body = {
         "id": "gen-body-1",
         "model": "google/gemini-2.0-flash-001",
         "provider": "Google",
-        "choices": [{"index": 0, "finish_reason": finish_reason, "message": {"role": "assistant", "content": content}}],
+        "choices": [{"index": 0, "finish_reason": finish_reason, "message": message}],
         "usage": dict(USAGE),
     }
     body.update(extra)
@@ -65,11 +67,12 @@ def chat_once(server: ScriptedServer, client: OpenRouterClient, reply: Reply) ->
     return outcome
 
 
-# --- a usable completion ------------------------------------------------------------------
+# --- a usable completion --------------------------------------------------------------------------
 
 
 def test_ok_outcome_carries_every_field(server, client):
-    outcome = chat_once(server, client, Reply(200, completion(), {"X-Generation-Id": "gen-header-9"}))
+    reply = Reply(200, completion(), {"X-Generation-Id": "gen-header-9"})
+    outcome = chat_once(server, client, reply)
     assert outcome.error_class == "ok" and outcome.ok
     assert outcome.http_status == 200
     assert outcome.content == "Tutor: What do you notice?"
@@ -94,16 +97,19 @@ def test_missing_usage_leaves_cost_for_the_caller_to_estimate(server, client):
     del body["usage"]
     outcome = chat_once(server, client, Reply(200, body))
     assert outcome.error_class == "ok"
-    assert outcome.cost_usd is None and outcome.prompt_tokens is None and outcome.completion_tokens is None
+    assert outcome.cost_usd is None
+    assert outcome.prompt_tokens is None and outcome.completion_tokens is None
 
 
 def test_usage_without_cost_keeps_tokens_but_no_cost(server, client):
-    outcome = chat_once(server, client, Reply(200, completion(usage={"prompt_tokens": 5, "completion_tokens": 7})))
+    body = completion(usage={"prompt_tokens": 5, "completion_tokens": 7})
+    outcome = chat_once(server, client, Reply(200, body))
     assert (outcome.prompt_tokens, outcome.completion_tokens, outcome.cost_usd) == (5, 7, None)
 
 
 def test_zero_cost_cache_hit_is_an_exact_zero(server, client):
-    outcome = chat_once(server, client, Reply(200, completion(usage={"prompt_tokens": 0, "completion_tokens": 0, "cost": 0})))
+    body = completion(usage={"prompt_tokens": 0, "completion_tokens": 0, "cost": 0})
+    outcome = chat_once(server, client, Reply(200, body))
     assert outcome.cost_usd == 0.0
 
 
@@ -115,10 +121,14 @@ def test_request_carries_key_attribution_and_payload(server, client):
     assert first.method == "POST" and first.path == "/api/v1/chat/completions"
     assert first.headers["Authorization"] == f"Bearer {KEY}"
     assert first.headers["X-Title"] == "scaffold-ledger"
-    assert first.headers["HTTP-Referer"].startswith("https://")
+    assert first.headers["HTTP-Referer"] == "http://localhost/scaffold-ledger"
     assert first.headers["Content-Type"] == "application/json"
-    assert first.json() == {"model": "google/gemini-2.0-flash-001", "messages": MESSAGES, "max_tokens": 400}
-    assert second.json() == {"model": "m/x", "messages": MESSAGES, "max_tokens": 99, "temperature": 0.7, "seed": 3}
+    assert first.json() == {
+        "model": "google/gemini-2.0-flash-001", "messages": MESSAGES, "max_tokens": 400,
+    }
+    assert second.json() == {
+        "model": "m/x", "messages": MESSAGES, "max_tokens": 99, "temperature": 0.7, "seed": 3,
+    }
 
 
 @pytest.mark.parametrize("suffix", ["", "/"])
@@ -134,7 +144,7 @@ def test_base_url_without_scheme_is_a_usage_error():
         OpenRouterClient("openrouter.ai/api/v1", KEY)
 
 
-# --- billed but unusable 200s ---------------------------------------------------------------
+# --- billed but unusable 200s ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("finish_reason", ["length", "content_filter"])
@@ -149,7 +159,8 @@ def test_truncated_or_filtered_keep_content_and_cost(server, client, finish_reas
 
 def test_error_inside_200_as_top_level_error(server, client):
     body = api_error(502, "Provider returned error", error_type="provider_unavailable")
-    body.update(id="gen-err-1", model="google/gemini-2.0-flash-001", usage={"prompt_tokens": 120, "completion_tokens": 0, "cost": 0.0001})
+    usage = {"prompt_tokens": 120, "completion_tokens": 0, "cost": 0.0001}
+    body.update(id="gen-err-1", model="google/gemini-2.0-flash-001", usage=usage)
     outcome = chat_once(server, client, Reply(200, body))
     assert outcome.error_class == "error_in_200" and outcome.transient
     assert (outcome.error_code, outcome.error_type) == (502, "provider_unavailable")
@@ -160,10 +171,11 @@ def test_error_inside_200_as_top_level_error(server, client):
 
 def test_error_inside_200_as_finish_reason_error(server, client):
     body = completion("Tutor: Wh", "error")
-    body["choices"][0]["error"] = {"code": 500, "message": "stream broke", "metadata": {"error_type": "server"}}
+    body["choices"][0]["error"] = api_error(500, "stream broke", error_type="server")["error"]
     outcome = chat_once(server, client, Reply(200, body))
     assert outcome.error_class == "error_in_200"
-    assert (outcome.error_code, outcome.error_type, outcome.message) == (500, "server", "stream broke")
+    assert outcome.error_code == 500 and outcome.error_type == "server"
+    assert outcome.message == "stream broke"
     assert outcome.content == "Tutor: Wh" and outcome.cost_usd == 0.00123
 
 
@@ -177,7 +189,8 @@ def test_error_inside_200_as_finish_reason_error(server, client):
         completion(None),
         completion("some text", "tool_calls"),
     ],
-    ids=["no-choices-key", "empty-choices", "empty-content", "blank-content", "null-content", "tool-calls"],
+    ids=["no-choices-key", "empty-choices", "empty-content", "blank-content", "null-content",
+         "tool-calls"],
 )
 def test_no_usable_choice(server, client, body):
     outcome = chat_once(server, client, Reply(200, body))
@@ -186,7 +199,9 @@ def test_no_usable_choice(server, client, body):
     assert outcome.message
 
 
-@pytest.mark.parametrize("body", [b"<html>Bad gateway</html>", b"", b"[1, 2]", b'"text"', b"\xff\xfe{"])
+@pytest.mark.parametrize(
+    "body", [b"<html>Bad gateway</html>", b"", b"[1, 2]", b'"text"', b"\xff\xfe{"]
+)
 def test_200_whose_body_is_not_a_json_object_is_malformed(server, client, body):
     outcome = chat_once(server, client, Reply(200, body, {"Content-Type": "text/html"}))
     assert outcome.error_class == "malformed" and outcome.http_status == 200
@@ -194,7 +209,7 @@ def test_200_whose_body_is_not_a_json_object_is_malformed(server, client, body):
     assert outcome.content is None and outcome.cost_usd is None
 
 
-# --- HTTP error statuses ---------------------------------------------------------------------
+# --- HTTP error statuses --------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -213,7 +228,8 @@ def test_200_whose_body_is_not_a_json_object_is_malformed(server, client, body):
     ],
 )
 def test_status_classes(server, client, status, error_class, metadata):
-    outcome = chat_once(server, client, Reply(status, api_error(status, f"status {status}", **metadata)))
+    reply = Reply(status, api_error(status, f"status {status}", **metadata))
+    outcome = chat_once(server, client, reply)
     assert outcome.http_status == status
     assert outcome.error_class == error_class
     assert outcome.error_code == status
@@ -222,14 +238,17 @@ def test_status_classes(server, client, status, error_class, metadata):
 
 
 def test_error_status_with_a_non_json_body_is_classified_by_status(server, client):
-    outcome = chat_once(server, client, Reply(502, b"<html>\n<h1>502 Bad Gateway</h1>\n</html>", {"Content-Type": "text/html"}))
+    page = b"<html>\n<h1>502 Bad Gateway</h1>\n</html>"
+    outcome = chat_once(server, client, Reply(502, page, {"Content-Type": "text/html"}))
     assert outcome.error_class == "server_error" and outcome.error_code is None
     assert outcome.message == "<html> <h1>502 Bad Gateway</h1> </html>"
 
 
 def test_rate_limit_reports_retry_after(server, client):
-    outcome = chat_once(server, client, Reply(429, api_error(429, "slow down"), {"Retry-After": "7"}))
-    assert outcome.error_class == "rate_limited" and outcome.retry_after_s == 7.0 and outcome.transient
+    reply = Reply(429, api_error(429, "slow down"), {"Retry-After": "7"})
+    outcome = chat_once(server, client, reply)
+    assert outcome.error_class == "rate_limited" and outcome.transient
+    assert outcome.retry_after_s == 7.0
 
 
 @pytest.mark.parametrize(
@@ -237,14 +256,18 @@ def test_rate_limit_reports_retry_after(server, client):
     [
         ({"limit_source": "openrouter_in_flight_budget"}, "credit_in_flight"),
         ({"limit_source": "openrouter_key_limit"}, "credit_exhausted"),
-        ({"limit_source": "openrouter_credits", "reason": "weight_exceeds_budget"}, "credit_exhausted"),
+        (
+            {"limit_source": "openrouter_credits", "reason": "weight_exceeds_budget"},
+            "credit_exhausted",
+        ),
         ({}, "credit_exhausted"),
     ],
     ids=["in-flight", "key-limit", "credits", "no-metadata"],
 )
 def test_402_by_limit_source(server, client, metadata, error_class):
     headers = {"Retry-After": "3"} if error_class == "credit_in_flight" else {}
-    outcome = chat_once(server, client, Reply(402, api_error(402, "Insufficient credits", **metadata), headers))
+    reply = Reply(402, api_error(402, "Insufficient credits", **metadata), headers)
+    outcome = chat_once(server, client, reply)
     assert outcome.error_class == error_class
     assert outcome.limit_source == metadata.get("limit_source")
     if error_class == "credit_in_flight":
@@ -254,7 +277,8 @@ def test_402_by_limit_source(server, client, metadata, error_class):
 
 
 def test_402_with_a_non_json_body_stops_for_credit(server, client):
-    outcome = chat_once(server, client, Reply(402, b"Payment Required", {"Content-Type": "text/plain"}))
+    reply = Reply(402, b"Payment Required", {"Content-Type": "text/plain"})
+    outcome = chat_once(server, client, reply)
     assert outcome.error_class == "credit_exhausted" and outcome.halt_reason == "credit"
 
 
@@ -262,7 +286,8 @@ def test_classification_ignores_message_text():
     in_flight_words = api_error(402, "openrouter_in_flight_budget: too much in flight, retry")
     assert classify(402, in_flight_words)[0] == "credit_exhausted"
     assert classify(429, api_error(429, "Insufficient credits, 402"))[0] == "rate_limited"
-    assert classify(200, {"choices": [{"finish_reason": "stop", "message": {"content": "error: rate limited"}}]})[0] == "ok"
+    text_about_errors = {"finish_reason": "stop", "message": {"content": "error: rate limited"}}
+    assert classify(200, {"choices": [text_about_errors]})[0] == "ok"
 
 
 def test_classify_returns_code_type_and_limit_source():
@@ -270,15 +295,11 @@ def test_classify_returns_code_type_and_limit_source():
     assert classify(402, body) == ("credit_in_flight", 402, "budget", "openrouter_in_flight_budget")
     assert classify(503, None) == ("server_error", None, None, None)
     assert classify(200, None) == ("malformed", None, None, None)
-    assert classify(200, {"error": {"code": "429", "metadata": {"error_type": "rate_limit_exceeded"}}}) == (
-        "error_in_200",
-        429,
-        "rate_limit_exceeded",
-        None,
-    )
+    string_code = {"error": {"code": "429", "metadata": {"error_type": "rate_limit_exceeded"}}}
+    assert classify(200, string_code) == ("error_in_200", 429, "rate_limit_exceeded", None)
 
 
-# --- no HTTP response --------------------------------------------------------------------------
+# --- no HTTP response -----------------------------------------------------------------------------
 
 
 def test_connection_reset_is_a_connection_error(server, client):
@@ -326,7 +347,7 @@ def test_client_recovers_after_a_dropped_connection(server, client):
     assert client.chat("m", MESSAGES, 10).ok
 
 
-# --- the key never leaks ---------------------------------------------------------------------------
+# --- the key never leaks --------------------------------------------------------------------------
 
 
 def test_key_echoed_by_the_server_is_scrubbed(server, client):
@@ -366,7 +387,7 @@ def test_long_messages_become_one_bounded_line(server, client):
     assert len(outcome.message) == MESSAGE_MAX_CHARS and "\n" not in outcome.message
 
 
-# --- GET endpoints -----------------------------------------------------------------------------------
+# --- GET endpoints --------------------------------------------------------------------------------
 
 
 def test_key_info_returns_data(server, client):
@@ -389,7 +410,10 @@ def test_key_info_with_a_rejected_key_raises_key_rejected(server, client):
 
 
 def test_models_returns_the_data_list(server, client):
-    models = [{"id": "a/b", "pricing": {"prompt": "0.0000001", "completion": "0.0000004"}}, {"id": "c/d"}]
+    models = [
+        {"id": "a/b", "pricing": {"prompt": "0.0000001", "completion": "0.0000004"}},
+        {"id": "c/d"},
+    ]
     server.reply(200, {"data": models})
     assert client.models() == models
     assert server.received[0].path == "/api/v1/models"
@@ -403,17 +427,19 @@ def test_models_rejects_a_body_without_data(server, client):
 
 def test_generation_lookup_and_not_yet_available(server, client):
     server.reply(404, api_error(404, "Generation not found"))
-    server.reply(200, {"data": {"id": "gen-1", "total_cost": 0.0021, "provider_name": "Google"}})
+    stats = {"id": "gen-1", "total_cost": 0.0021, "provider_name": "Google"}
+    server.reply(200, {"data": stats})
     assert client.generation("gen-1") is None
-    assert client.generation("gen-1") == {"id": "gen-1", "total_cost": 0.0021, "provider_name": "Google"}
+    assert client.generation("gen-1") == stats
     assert server.received[1].path == "/api/v1/generation?id=gen-1"
 
 
-# --- threads -------------------------------------------------------------------------------------------
+# --- threads --------------------------------------------------------------------------------------
 
 
 def test_many_threads_share_one_client_and_reuse_connections():
-    with ScriptedServer(default=Reply(200, completion())) as server, OpenRouterClient(server.url, KEY) as client:
+    with ScriptedServer(default=Reply(200, completion())) as server, \
+            OpenRouterClient(server.url, KEY) as client:
         outcomes: list[CallOutcome] = []
         lock = threading.Lock()
 
@@ -440,16 +466,17 @@ def test_client_is_usable_after_close(server, client):
     assert client.chat("m", MESSAGES, 10).ok
 
 
-# --- policy sets -----------------------------------------------------------------------------------------
+# --- policy sets ----------------------------------------------------------------------------------
 
 
 def test_policy_sets_name_real_classes_and_do_not_overlap():
     assert RETRYABLE | NEXT_MODEL | set(STOP_RUN) <= ERROR_CLASSES
-    assert not RETRYABLE & NEXT_MODEL and not RETRYABLE & set(STOP_RUN) and not NEXT_MODEL & set(STOP_RUN)
+    assert not RETRYABLE & NEXT_MODEL
+    assert not RETRYABLE & set(STOP_RUN) and not NEXT_MODEL & set(STOP_RUN)
     assert "ok" not in RETRYABLE
 
 
-# --- Retry-After ---------------------------------------------------------------------------------------------
+# --- Retry-After ----------------------------------------------------------------------------------
 
 
 NOW = 1_800_000_000.0
@@ -482,7 +509,7 @@ def test_parse_retry_after_cap_is_adjustable():
     assert parse_retry_after("45", cap_s=10.0) == 10.0
 
 
-# --- backoff ------------------------------------------------------------------------------------------------
+# --- backoff --------------------------------------------------------------------------------------
 
 
 def test_backoff_delay_stays_within_the_exponential_ceiling():
@@ -508,7 +535,7 @@ def test_backoff_delay_handles_odd_try_numbers_quickly():
     assert time.perf_counter() - started < 0.1
 
 
-# --- Cooldown ------------------------------------------------------------------------------------------------
+# --- Cooldown -------------------------------------------------------------------------------------
 
 
 def test_cooldown_pauses_every_waiting_thread():
@@ -564,7 +591,7 @@ def test_cooldown_without_pause_does_not_wait():
     assert Cooldown().wait() < 0.05
 
 
-# --- RateLimiter ---------------------------------------------------------------------------------------------
+# --- RateLimiter ----------------------------------------------------------------------------------
 
 
 def test_rate_limiter_spaces_slots_across_threads():
