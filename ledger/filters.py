@@ -19,6 +19,7 @@ Rule ids (stable strings: reports group and count by them):
                         plural ("errors"), never inside another word ("terror").
   missing_target_error  the learner's first turn does not contain the job's erroneous sentence.
   answer_given          a tutor turn contains the corrected sentence before any learner turn has.
+  too_long              a turn runs past FilterConfig.max_turn_chars (a runaway answer).
 
 The finish-reason rules are reported beside whatever else fails; "empty" and "unparseable"
 replace the content rules, since there is no dialogue to judge.
@@ -42,7 +43,7 @@ from typing import Any
 
 from ledger.dialogue import ASSISTANT, USER, Turn, Unparseable, parse_dialogue
 
-FILTER_VERSION: str = "f1"
+FILTER_VERSION: str = "f2"  # f2: too_long
 
 # Only "stop" is a complete answer; these two are rejected even when the text parses.
 _FINISH_REASON_RULES = {"length": "truncated", "content_filter": "content_filter"}
@@ -58,6 +59,7 @@ RULES: tuple[str, ...] = (
     "explicit_correction",
     "missing_target_error",
     "answer_given",
+    "too_long",
 )
 
 # Phrases that tell the learner they erred or hand them the fix. Deliberately absent:
@@ -96,6 +98,9 @@ class FilterConfig:
     # whose presence decides answer_given and self-correction, strictly.
     error_match_threshold: float = 0.75
     answer_match_threshold: float = 0.9
+    # A runaway answer (a turn of thousands of words) is useless for training even when it
+    # parses; a scaffolding turn is a sentence or two.
+    max_turn_chars: int = 600
 
 
 @dataclass(frozen=True)
@@ -152,6 +157,7 @@ def judge(
         "explicit_correction": bool(phrases),
         "missing_target_error": error_match < config.error_match_threshold,
         "answer_given": answer_turn is not None,
+        "too_long": any(len(turn.content) > config.max_turn_chars for turn in turns),
     }
     reasons += [rule for rule in RULES if failed.get(rule)]
     metrics = _metrics(

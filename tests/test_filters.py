@@ -419,3 +419,16 @@ def test_judge_never_crashes_and_reasons_are_known(
     assert list(verdict.reasons) == sorted(verdict.reasons, key=RULES.index)
     assert verdict.passed is (not verdict.reasons)
     assert 0.0 <= verdict.metrics["error_match"] <= 1.0
+
+
+def test_a_runaway_turn_is_rejected_as_too_long() -> None:
+    from ledger import simulator_dialogues as sd
+
+    pair = sd.SentencePair("I no like coffee.", "I don't like coffee.")
+    base = json.loads(sd.dialogue_content(pair.erroneous, pair.correct, 0))
+    assert judge(json.dumps(base), "stop", pair.erroneous, pair.correct).passed
+    base[1]["text"] = "Why? " + "Think about it. " * 200
+    verdict = judge(json.dumps(base), "stop", pair.erroneous, pair.correct)
+    assert not verdict.passed and "too_long" in verdict.reasons
+    huge = sd.huge_content(pair, 0, size=50_000)
+    assert "too_long" in judge(huge, "stop", pair.erroneous, pair.correct).reasons
