@@ -46,7 +46,11 @@ def number(value: Any, option: str, minimum: float = 0.0) -> float:
     return float(value)
 
 
-class Commands:
+from .cli_data import DataCommands  # noqa: E402 - the mixins use the helpers above
+from .cli_reports import ReportCommands  # noqa: E402
+
+
+class Commands(ReportCommands, DataCommands):
     """scaffold-ledger: an append-only job ledger for generating ESL scaffolding dialogues.
 
     Global options: --db PATH_OR_URL (default $LEDGER_DB or ./ledger.db), --catalog FILE.json.

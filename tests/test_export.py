@@ -1,0 +1,246 @@
+"""`export`: accepted dialogues as training JSONL: deterministic, traceable, atomic, with a
+manifest.
+
+Ledgers are built through the real Store (bench/build_ledger.py); the crash test kills a real
+export subprocess with SIGKILL while it writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from bench.build_ledger import COST_USD, MODEL, build_accepted_ledger
+from conftest import ROOT, run_cli
+from ledger.commands import Commands
+from ledger.db import open_ledger
+from ledger.errors import UsageError
+from ledger.export import ExportFilters, export_dialogues
+from ledger.filters import FILTER_VERSION
+from ledger.prompts import PROMPT_VERSION, TUTOR_SYSTEM_MESSAGE
+
+def query(path: Path, sql: str) -> list[Any]:
+    led = open_ledger(str(path), readonly=True)
+    try:
+        with led.engine.connect() as conn:
+            return conn.execute(text(sql)).all()
+    finally:
+        led.dispose()
+
+
+@pytest.fixture(scope="module")
+def small_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """60 jobs over the catalog's cells, the first 40 accepted."""
+    path = tmp_path_factory.mktemp("small") / "ledger.db"
+    build_accepted_ledger(path, 60, 40)
+    return path
+
+
+@pytest.fixture(scope="module")
+def big_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("big") / "ledger.db"
+    build_accepted_ledger(path, 6000, 6000)
+    return path
+
+
+def export(db: Path, out: Path, **options: Any) -> str:
+    return Commands(db=str(db)).export(out=str(out), **options)
+
+
+def lines_of(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_builder_keeps_projections_consistent(small_db: Path) -> None:
+    states = dict(query(small_db, "SELECT state, COUNT(*) FROM job_state GROUP BY state"))
+    assert states == {"accepted": 40, "open": 20}
+    spend = query(small_db, "SELECT spend_usd FROM ledger_totals")[0][0]
+    assert spend == pytest.approx(40 * COST_USD)
+    assert query(small_db, "SELECT COUNT(*) FROM open_attempts")[0][0] == 0
+
+
+def test_each_line_is_an_accepted_dialogue_traceable_to_the_ledger(small_db: Path,
+                                                                   tmp_path: Path) -> None:
+    out = tmp_path / "train.jsonl"
+    message = export(small_db, out)
+    assert "exported 40 dialogues (messages)" in message
+    records = lines_of(out)
+    expected = query(small_db, """
+        SELECT j.job_id, acc.attempt_id, j.l1, j.pattern, j.level, v.messages_json
+        FROM acceptances acc JOIN jobs j ON j.job_id = acc.job_id
+        JOIN verdicts v ON v.verdict_id = acc.verdict_id ORDER BY j.seq""")
+    assert [(r["job_id"], r["attempt_id"]) for r in records] == [(e[0], e[1]) for e in expected]
+    for record, (_job, _att, l1, pattern, level, messages_json) in zip(records, expected):
+        assert record["messages"] == json.loads(messages_json)
+        assert (record["l1"], record["error_type"], record["level"]) == (l1, pattern, level)
+        assert record["model"] == MODEL
+        assert record["prompt_version"] == PROMPT_VERSION
+        assert record["filter_version"] == FILTER_VERSION
+        assert record["source"] == "plan"
+        assert record["messages"][0] == {"role": "system", "content": TUTOR_SYSTEM_MESSAGE}
+        assert [m["role"] for m in record["messages"][1:3]] == ["user", "assistant"]
+
+
+def test_manifest_records_count_hash_filters_and_ledger_position(small_db: Path,
+                                                                 tmp_path: Path) -> None:
+    out = tmp_path / "spanish.jsonl"
+    export(small_db, out, l1="Spanish", format="sharegpt")
+    manifest = json.loads((tmp_path / "spanish.jsonl.manifest.json").read_text())
+    head_seq, head_hash = query(small_db, "SELECT head_seq, head_hash FROM ledger_totals")[0]
+    assert manifest["count"] == 12 == len(out.read_text().splitlines())
+    assert manifest["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert manifest["bytes"] == out.stat().st_size
+    assert manifest["format"] == "sharegpt"
+    assert manifest["filters"] == {"l1": ["spanish"], "pattern": None, "level": None,
+                                   "model": None}
+    assert manifest["ledger"]["head_seq"] == head_seq
+    assert manifest["ledger"]["head_hash"] == head_hash
+    assert manifest["filter_versions"] == [FILTER_VERSION]
+    assert manifest["tool_version"] and manifest["created_at_utc"].endswith("Z")
+
+
+def test_same_ledger_gives_byte_identical_files_in_every_format(small_db: Path,
+                                                               tmp_path: Path) -> None:
+    for fmt in ("messages", "sharegpt", "chatml"):
+        first, second = tmp_path / f"a.{fmt}.jsonl", tmp_path / f"b.{fmt}.jsonl"
+        export(small_db, first, format=fmt)
+        export(small_db, second, format=fmt)
+        assert first.read_bytes() == second.read_bytes()
+        for line in first.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            assert list(record) == sorted(record)
+            if fmt != "messages":  # messages copies the stored messages JSON verbatim
+                assert line == json.dumps(record, sort_keys=True, ensure_ascii=False,
+                                          separators=(",", ":"))
+
+
+def test_sharegpt_and_chatml_carry_the_same_dialogue(small_db: Path, tmp_path: Path) -> None:
+    paths = {fmt: tmp_path / f"{fmt}.jsonl" for fmt in ("messages", "sharegpt", "chatml")}
+    for fmt, path in paths.items():
+        export(small_db, path, format=fmt)
+    as_messages, as_sharegpt, as_chatml = (lines_of(paths[f]) for f in
+                                           ("messages", "sharegpt", "chatml"))
+    roles = {"system": "system", "user": "human", "assistant": "gpt"}
+    for m, s, c in zip(as_messages, as_sharegpt, as_chatml):
+        assert s["conversations"] == [{"from": roles[x["role"]], "value": x["content"]}
+                                      for x in m["messages"]]
+        assert c["text"] == "\n".join(f"<|im_start|>{x['role']}\n{x['content']}<|im_end|>"
+                                      for x in m["messages"])
+        assert c["text"].startswith("<|im_start|>system\n")
+        assert {k: v for k, v in s.items() if k != "conversations"} == \
+            {k: v for k, v in m.items() if k != "messages"}
+
+
+def test_filters_narrow_the_export(small_db: Path, tmp_path: Path) -> None:
+    export(small_db, tmp_path / "korean.jsonl", l1="korean")
+    assert {r["l1"] for r in lines_of(tmp_path / "korean.jsonl")} == {"korean"}
+    assert len(lines_of(tmp_path / "korean.jsonl")) == 4
+    export(small_db, tmp_path / "pat.jsonl", pattern="negation_error,pronoun_copy",
+           level="beginner")
+    records = lines_of(tmp_path / "pat.jsonl")
+    assert records and {r["error_type"] for r in records} <= {"negation_error", "pronoun_copy"}
+    assert {r["level"] for r in records} == {"beginner"}
+    assert len(lines_of(tmp_path / "pat.jsonl")) < 40
+    text_out = export(small_db, tmp_path / "none.jsonl", model="openai/gpt-4o")
+    assert (tmp_path / "none.jsonl").read_bytes() == b""
+    assert "no accepted dialogue matches" in text_out
+    export(small_db, tmp_path / "model.jsonl", model=MODEL)
+    assert len(lines_of(tmp_path / "model.jsonl")) == 40
+
+
+def test_an_existing_file_is_kept_without_force(small_db: Path, tmp_path: Path) -> None:
+    out = tmp_path / "train.jsonl"
+    out.write_text("precious\n")
+    with pytest.raises(UsageError, match="--force"):
+        export(small_db, out)
+    assert out.read_text() == "precious\n"
+    done = run_cli("--db", str(small_db), "export", "--out", str(out), timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "--force" in done.stderr
+    assert out.read_text() == "precious\n"
+    export(small_db, out, force=True)
+    assert len(lines_of(out)) == 40
+
+
+def test_files_are_private_and_no_temp_file_remains(small_db: Path, tmp_path: Path) -> None:
+    out = tmp_path / "train.jsonl"
+    export(small_db, out)
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "train.jsonl.manifest.json").stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.jsonl",
+                                                         "train.jsonl.manifest.json"]
+
+
+def test_bad_options_are_usage_errors(small_db: Path, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="--format"):
+        export(small_db, tmp_path / "x.jsonl", format="alpaca")
+    with pytest.raises(UsageError, match="--out"):
+        Commands(db=str(small_db)).export()
+    with pytest.raises(UsageError, match="does not exist"):
+        export(small_db, tmp_path / "missing" / "x.jsonl")
+
+
+def test_an_empty_ledger_exports_an_empty_file(tmp_path: Path) -> None:
+    db = tmp_path / "empty.db"
+    open_ledger(str(db)).dispose()
+    message = export(db, tmp_path / "out.jsonl")
+    assert (tmp_path / "out.jsonl").read_bytes() == b""
+    assert json.loads((tmp_path / "out.jsonl.manifest.json").read_text())["count"] == 0
+    assert "exported 0 dialogues" in message
+
+
+def _temps(directory: Path, name: str) -> list[Path]:
+    return [p for p in directory.iterdir() if p.name.startswith(f".{name}.")
+            and p.name.endswith(".tmp")]
+
+
+def _kill_mid_write(argv: list[str], directory: Path, name: str) -> None:
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            temps = [p for p in _temps(directory, name) if f".{proc.pid}." in p.name]
+            if temps and temps[0].exists() and temps[0].stat().st_size > 0:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return
+            if proc.poll() is not None:
+                pytest.fail("the export finished before it could be killed: "
+                            f"{proc.stderr.read().decode() if proc.stderr else ''}")
+            time.sleep(0.0005)
+        pytest.fail("the export never started writing")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def test_a_killed_export_never_leaves_a_partial_file(big_db: Path, tmp_path: Path) -> None:
+    out = tmp_path / "train.jsonl"
+    argv = [sys.executable, str(ROOT / "cli.py"), "--db", str(big_db), "export", "--out",
+            str(out), "--force"]
+    _kill_mid_write(argv, tmp_path, out.name)
+    assert not out.exists()
+    assert len(_temps(tmp_path, out.name)) == 1  # the dead writer's leftovers
+
+    export(big_db, out, force=True)
+    good = out.read_bytes()
+    assert good.count(b"\n") == 6000 and good.endswith(b"\n")
+    assert _temps(tmp_path, out.name) == []  # cleaned up by the next export
+
+    _kill_mid_write(argv, tmp_path, out.name)
+    assert out.read_bytes() == good  # the old file, whole
+    manifest = json.loads((tmp_path / "train.jsonl.manifest.json").read_text())
+    assert manifest["sha256"] == hashlib.sha256(good).hexdigest()
