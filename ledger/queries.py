@@ -5,13 +5,15 @@ Every function takes an open Ledger and returns plain values or frozen rows.
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import String, bindparam, text
 
 from .db import Ledger
 
@@ -21,18 +23,23 @@ SELECT l1,
        SUM(CASE WHEN state = 'accepted' THEN 1 ELSE 0 END) AS accepted,
        SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END) AS failed,
        SUM(CASE WHEN state = 'open' THEN 1 ELSE 0 END) AS remaining,
-       SUM(CASE WHEN state = 'open' AND lease_expires_at > :now THEN 1 ELSE 0 END) AS in_flight,
+       SUM(CASE WHEN state = 'open' AND lease_expires_at > :now
+                 AND lease_owner NOT IN :dead THEN 1 ELSE 0 END) AS in_flight,
        SUM(spend_usd) AS spend_usd
-FROM job_state GROUP BY l1 ORDER BY l1""")
+FROM job_state GROUP BY l1 ORDER BY l1""").bindparams(
+    bindparam("dead", type_=String, expanding=True))
 
-# An open attempt is "in flight" while its run still holds the job's lease; otherwise its process
-# died between request and response, and the provider may have billed it.
+# An open attempt is "in flight" while its live run still holds the job's lease; otherwise its
+# process died between request and response, and the provider may have billed it.
 _OPEN_ATTEMPTS = text("""
 SELECT s.l1,
-       SUM(CASE WHEN s.lease_owner = oa.run_id AND s.lease_expires_at > :now THEN 1 ELSE 0 END),
-       SUM(CASE WHEN s.lease_owner = oa.run_id AND s.lease_expires_at > :now THEN 0 ELSE 1 END),
+       SUM(CASE WHEN s.lease_owner = oa.run_id AND s.lease_expires_at > :now
+                 AND oa.run_id NOT IN :dead THEN 1 ELSE 0 END),
+       SUM(CASE WHEN s.lease_owner = oa.run_id AND s.lease_expires_at > :now
+                 AND oa.run_id NOT IN :dead THEN 0 ELSE 1 END),
        SUM(oa.reserved_usd)
-FROM open_attempts oa JOIN job_state s ON s.job_id = oa.job_id GROUP BY s.l1""")
+FROM open_attempts oa JOIN job_state s ON s.job_id = oa.job_id GROUP BY s.l1""").bindparams(
+    bindparam("dead", type_=String, expanding=True))
 
 _TOTALS = text("SELECT spend_usd, head_seq, head_hash FROM ledger_totals WHERE id = 1")
 _OPEN_RESERVED = text("SELECT COALESCE(SUM(reserved_usd), 0.0) FROM open_attempts")
@@ -89,8 +96,12 @@ class Status:
 def status(ledger: Ledger, now: float | None = None) -> Status:
     now = time.time() if now is None else now
     with ledger.engine.connect() as conn:
-        by_l1 = conn.execute(_STATUS_BY_L1, {"now": now}).all()
-        open_rows = {r[0]: r for r in conn.execute(_OPEN_ATTEMPTS, {"now": now}).all()}
+        # A run killed on this host keeps its leases until they expire; its pid says it is gone.
+        dead = [run_id for run_id, host, pid in conn.execute(_RUN_LEASES)
+                if host == socket.gethostname() and not _process_alive(int(pid))]
+        params = {"now": now, "dead": dead}
+        by_l1 = conn.execute(_STATUS_BY_L1, params).all()
+        open_rows = {r[0]: r for r in conn.execute(_OPEN_ATTEMPTS, params).all()}
         spend, head_seq, _head = conn.execute(_TOTALS).one()
     rows = []
     reserved = 0.0
@@ -108,6 +119,16 @@ def status(ledger: Ledger, now: float | None = None) -> Status:
         remaining=sum(r.remaining for r in rows),
         outcome_unknown=sum(r.outcome_unknown for r in rows), spend_usd=float(spend or 0.0))
     return Status(total=total, by_l1=tuple(rows), reserved_usd=reserved, head_seq=head_seq)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # someone else's process, or a pid we cannot judge: assume alive
+    return True
 
 
 def existing_jobs_by_cell(ledger: Ledger, l1s: Sequence[str] | None,

@@ -251,7 +251,18 @@ class Runner:
             outcome = self._call(model, messages, start.attempt_id, job)
             if outcome is None:
                 return "halt"
-            verdict_state, last = self._record(job, model, start.attempt_id, outcome)
+            # Stop and pause before recording: recording takes the write lock, and no other
+            # worker may send a request after a 402/401 or a 429 came back.
+            halt = halt_reason(outcome)
+            if halt:
+                self._halt_for(halt, outcome)
+            delay = backoff_delay(transient + 1, outcome.retry_after_s,
+                                  base_s=self.config.backoff_base_s,
+                                  cap_s=self.config.backoff_cap_s)
+            if outcome.error_class in ("rate_limited", "credit_in_flight"):
+                self.cooldown.pause_for(delay)
+            verdict_state, last = self._record(job, model, start.attempt_id, outcome,
+                                               prompt_tokens)
             if verdict_state == "accepted":
                 return "accepted"
             if verdict_state == "gone":
@@ -261,21 +272,13 @@ class Runner:
                 if rejections >= self.config.rejections_per_model:
                     return f"rejected {rejections}x ({last})"
                 continue
-            if outcome.halt_reason:
-                self._halt_for(outcome)
+            if halt:
                 return "halt"
             if outcome.next_model:
                 return outcome.error_class
             transient += 1
-            if outcome.error_class in ("rate_limited", "credit_in_flight"):
-                self.cooldown.pause_for(outcome.retry_after_s or backoff_delay(
-                    transient, None, base_s=self.config.backoff_base_s,
-                    cap_s=self.config.backoff_cap_s))
             if transient >= self.config.tries_per_model:
                 return f"{outcome.error_class} x{transient}"
-            delay = backoff_delay(transient, outcome.retry_after_s,
-                                  base_s=self.config.backoff_base_s,
-                                  cap_s=self.config.backoff_cap_s)
             if self.halt.event.wait(delay):
                 return "halt"
 
@@ -319,12 +322,12 @@ class Runner:
             self._in_flight -= 1
             self._flight.notify_all()
 
-    def _record(self, job: ClaimedJob, model: str, attempt_id: int,
-                outcome: CallOutcome) -> tuple[str, str]:
+    def _record(self, job: ClaimedJob, model: str, attempt_id: int, outcome: CallOutcome,
+                prompt_tokens: int) -> tuple[str, str]:
         """Store the outcome (+ verdict, acceptance) in one transaction.
 
         Returns ('accepted' | 'rejected' | 'gone' | 'error', last reason)."""
-        cost, source = self._cost(model, outcome)
+        cost, source = self._cost(model, outcome, prompt_tokens)
         verdict_rec = None
         passed = False
         last = outcome.error_class
@@ -362,17 +365,23 @@ class Runner:
             return "gone", last  # passed, but another worker accepted the job first
         return "rejected", last
 
-    def _cost(self, model: str, outcome: CallOutcome) -> tuple[float, str]:
+    def _cost(self, model: str, outcome: CallOutcome, prompt_tokens: int) -> tuple[float, str]:
         if outcome.cost_usd is not None:
             return float(outcome.cost_usd), "response"
+        price = self.prices.get(outcome.model_served or model)
         if outcome.prompt_tokens is not None or outcome.completion_tokens is not None:
-            price = self.prices.get(outcome.model_served or model)
             return price.cost(outcome.prompt_tokens or 0, outcome.completion_tokens or 0), \
                 "estimate"
+        if outcome.http_status == 200:
+            # A generation ran and is billed even when the body says nothing about usage;
+            # counting it as free would let spend creep past the budget unseen.
+            completion = (estimate_prompt_tokens([{"content": outcome.content}])
+                          if outcome.content else self.config.max_tokens)
+            return price.cost(prompt_tokens, completion), "estimate"
         return 0.0, "none"
 
-    def _halt_for(self, outcome: CallOutcome) -> None:
-        if outcome.halt_reason == "key":
+    def _halt_for(self, reason: str, outcome: CallOutcome) -> None:
+        if reason == "key":
             self.halt.stop("key", "the API key was rejected (HTTP 401); set a valid "
                            "OPENROUTER_API_KEY and run again")
         else:
@@ -385,6 +394,17 @@ class Runner:
         with self._stats_lock:
             for k, v in kw.items():
                 setattr(self.stats, k, getattr(self.stats, k) + v)
+
+
+def halt_reason(outcome: CallOutcome) -> str | None:
+    """'key' or 'credit' when the whole run must stop, else None.
+
+    An in-flight-budget 402 is worth waiting for only when the server says how long: without a
+    usable Retry-After it is not a wait-and-retry case, and retrying could bill past the limit.
+    """
+    if outcome.error_class == "credit_in_flight" and outcome.retry_after_s is None:
+        return "credit"
+    return outcome.halt_reason
 
 
 def outcome_record(o: CallOutcome, cost_usd: float, cost_source: str) -> OutcomeRecord:

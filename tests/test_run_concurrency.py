@@ -1,0 +1,123 @@
+"""Two `run` processes on one ledger share the work: no job is worked twice, nothing is locked out.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import ROOT, make_jobs
+from ledger.db import open_ledger
+from ledger.simulator import SimConfig, Simulator
+from ledger.store import Store
+
+KEY = "sk-or-v1-two-runs-key-31c4"
+JOBS = 60
+
+
+@pytest.fixture
+def sim():  # type: ignore[no-untyped-def]
+    server = Simulator(SimConfig.from_kwargs(latency_ms=50, seed=5, p_correction=0.1,
+                                             p_500=0.05))
+    server.start()
+    yield server
+    server.stop()
+
+
+def start_run(sim: Simulator, ledger_path: Path) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LEDGER_DB", "OPENROUTER_API_KEY", "OPENROUTER_BASE_URL")}
+    env.update({"OPENROUTER_API_KEY": KEY, "OPENROUTER_BASE_URL": sim.base_url})
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "cli.py"), "run", "--db", str(ledger_path), "--quiet",
+         "--concurrency", "4"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def query(ledger_path: Path, sql: str) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(f"file:{ledger_path}?mode=ro", uri=True, timeout=30)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def test_two_runs_on_one_ledger_never_work_the_same_job(tmp_path: Path, sim: Simulator) -> None:
+    ledger_path = tmp_path / "ledger.db"
+    ledger = open_ledger(str(ledger_path))
+    store = Store(ledger)
+    store.plan_jobs(make_jobs(JOBS))
+    store.close()
+    ledger.dispose()
+
+    procs = [start_run(sim, ledger_path) for _ in range(2)]
+    try:
+        outputs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err
+        assert "database is locked" not in err.lower()
+        assert "stopped: done" in out
+
+    assert query(ledger_path, "SELECT COUNT(*) FROM acceptances") == [(JOBS,)]
+    assert query(ledger_path, "SELECT state, COUNT(*) FROM job_state GROUP BY state") == [
+        ("accepted", JOBS)]
+    runs_by_job: dict[str, set[str]] = defaultdict(set)
+    for job_id, run_id in query(ledger_path, "SELECT job_id, run_id FROM attempts"):
+        runs_by_job[job_id].add(run_id)
+    # Leases last far longer than this test: no job was ever taken from the other run.
+    assert all(len(runs) == 1 for runs in runs_by_job.values())
+    assert len(runs_by_job) == JOBS
+    # Every request the server saw is recorded once.
+    assert query(ledger_path, "SELECT COUNT(*) FROM attempts") == [(sim.stats()["requests"],)]
+    assert query(ledger_path, "SELECT COUNT(*) FROM open_attempts") == [(0,)]
+    stops = query(ledger_path, "SELECT reason, exit_code FROM run_stops")
+    assert stops == [("done", 0), ("done", 0)]
+    # Both really worked (the test would prove nothing if one started after the other ended).
+    per_run = query(ledger_path, "SELECT run_id, COUNT(*) FROM acceptances acc "
+                                 "JOIN attempts a ON a.attempt_id = acc.attempt_id "
+                                 "GROUP BY run_id")
+    assert len(per_run) == 2 and all(n > 0 for _, n in per_run)
+
+
+def test_a_lease_from_another_host_is_respected_until_it_expires(tmp_path: Path, sim: Simulator,
+                                                                 monkeypatch: pytest.MonkeyPatch
+                                                                 ) -> None:
+    from ledger.launch import run
+    from ledger.runner import RunConfig
+
+    monkeypatch.setenv("OPENROUTER_API_KEY", KEY)
+    ledger = open_ledger(str(tmp_path / "ledger.db"))
+    store = Store(ledger)
+    try:
+        store.plan_jobs(make_jobs(4))
+        # A run on another machine holds two jobs; its pid means nothing here, only its lease.
+        store.start_run("elsewhere", "another-host", os.getpid(), "p", "f", {})
+        held = {j.job_id for j in store.claim("elsewhere", 2, time.time(), lease_s=1.5)}
+        cfg = RunConfig(concurrency=2, backoff_base_s=0.01, backoff_cap_s=0.1)
+        first = run(ledger, cfg, base_url=sim.base_url, quiet=True).result
+        assert first.exit_code == 0 and first.stats.accepted == 2
+        with ledger.engine.connect() as conn:
+            requested = {r[0] for r in conn.exec_driver_sql("SELECT job_id FROM attempts")}
+        assert not requested & held
+        time.sleep(1.6)
+        second = run(ledger, cfg, base_url=sim.base_url, quiet=True).result
+        assert second.stats.accepted == 2
+        with ledger.engine.connect() as conn:
+            states = conn.exec_driver_sql("SELECT state, COUNT(*) FROM job_state "
+                                          "GROUP BY state").all()
+        assert states == [("accepted", 4)]
+    finally:
+        store.close()
+        ledger.dispose()
