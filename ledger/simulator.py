@@ -150,35 +150,6 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
 
 
 def _coerce(name: str, type_name: str, value: Any) -> Any:
-    if not isinstance(value, str):
-        return value
-    if name == "model_map":
-        return _parse_model_map(value)
-    if "None" in type_name and value.strip().lower() in ("", "none", "null"):
-        return None
-    number = float if type_name.startswith("float") else int if type_name.startswith("int") else None
-    if number is None:
-        return value
-    try:
-        return number(value)
-    except ValueError:
-        raise UsageError(f"{name} needs a number, got {value!r}.") from None
-
-
-def _parse_model_map(text: str) -> dict[str, str]:
-    """'asked=served,asked2=served2' -> {asked: served, ...}."""
-    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
-    if any(len(pair) != 2 for pair in pairs):
-        raise UsageError(f"model_map takes 'asked=served' pairs separated by commas, got {text!r}.")
-    return {asked.strip(): served.strip() for asked, served in pairs}
-
-
-def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise UsageError(f"{name} must be one of {', '.join(allowed)}; got {value!r}.")
-
-
-def _coerce(name: str, type_name: str, value: Any) -> Any:
     if value is None or not isinstance(value, str) or type_name == "str":
         if name == "model_map" and isinstance(value, str):
             return _parse_model_map(value)
