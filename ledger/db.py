@@ -25,6 +25,8 @@ DEFAULT_DB = "ledger.db"
 BUSY_TIMEOUT_MS = 30_000
 ROOT = Path(__file__).resolve().parent.parent
 SQLITE_HEADER = b"SQLite format 3\x00"
+# Any fixed 64-bit number, the same in every process: the key of the migration advisory lock.
+MIGRATE_LOCK_KEY = 0x5CAFF01D1ED6E4
 WRITE_OPTION = "ledger_write"
 
 
@@ -207,6 +209,10 @@ def migrate(engine: Engine, *, quiet: bool = False) -> None:
                 f"this ledger has schema {current}, newer than this scaffold-ledger knows "
                 f"(head {head}); upgrade scaffold-ledger to open it")
         with conn.begin():
+            if conn.dialect.name == "postgresql":
+                # PostgreSQL has no database-wide write lock to take up front; a transaction-
+                # scoped advisory lock makes concurrent first opens queue here instead.
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATE_LOCK_KEY})")
             current = _current_revision(conn)  # re-read under the lock: another process may
             if current == head:                # have migrated while we waited
                 return
@@ -259,6 +265,12 @@ def database_error_from(exc: Exception, url: str | None = None) -> DatabaseError
 def _database_error(url: str, exc: Exception) -> DatabaseError:
     orig = getattr(exc, "orig", exc)
     text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    if "unable to open database file" in text and url.startswith("sqlite:///"):
+        parent = Path(url.removeprefix("sqlite:///")).parent
+        if not os.access(parent, os.W_OK):
+            return DatabaseError(f"directory {parent} is read-only: SQLite needs to write its "
+                                 "-wal and -shm files beside the ledger; make it writable or "
+                                 "copy the ledger elsewhere and pass --db")
     if isinstance(exc, OperationalError) and "readonly" in text.lower():
         return DatabaseError(f"{_display(url)} is read-only ({text}); fix its permissions or "
                              "pass --db a writable path")

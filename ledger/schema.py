@@ -324,3 +324,20 @@ def drop_append_only_ddl(dialect: str, table: Table) -> list[str]:
                                                                    "no_replace")]
     return [f"DROP TRIGGER IF EXISTS trg_{name}_append_only ON {name}",
             f"DROP TRIGGER IF EXISTS trg_{name}_no_truncate ON {name}"]
+
+# Indexes the reporting views lean on (created in migration 0002).
+Index("ix_attempt_outcomes_model_cost", attempt_outcomes.c.model_served,
+      attempt_outcomes.c.cost_usd, attempt_outcomes.c.prompt_tokens,
+      attempt_outcomes.c.completion_tokens)
+Index("ix_attempt_outcomes_error_cost", attempt_outcomes.c.error_class,
+      attempt_outcomes.c.cost_usd)
+Index("ix_attempts_run_id", attempts.c.run_id)
+Index("ix_attempts_fallback", attempts.c.chain_position,
+      sqlite_where=text("chain_position > 0"), postgresql_where=text("chain_position > 0"))
+Index("ix_verdicts_quality", verdicts.c.attempt_id, verdicts.c.filter_version,
+      verdicts.c.passed, verdicts.c.turns, verdicts.c.tutor_questions,
+      verdicts.c.self_corrected)
+Index("ix_verdicts_rejected", verdicts.c.attempt_id, verdicts.c.passed, verdicts.c.reasons_json,
+      sqlite_where=text("passed = 0"), postgresql_where=text("passed = 0"))
+Index("ix_job_state_cell", job_state.c.l1, job_state.c.pattern, job_state.c.level,
+      job_state.c.state, job_state.c.spend_usd, job_state.c.attempts)

@@ -28,7 +28,9 @@ _STORE_SQL = {
                    "WHERE job_id = ? AND lease_owner = ?",
     "release_run_leases": "UPDATE job_state SET lease_owner = NULL, lease_expires_at = NULL "
                           "WHERE lease_owner = ?",
-    "job_lease": "SELECT state, lease_owner, last_attempt_no FROM job_state WHERE job_id = ?",
+    # Locks the job's row where rows lock, so a concurrent claim skips it or is waited for.
+    "job_lease": "SELECT state, lease_owner, last_attempt_no FROM job_state WHERE job_id = ?"
+                 "{for_update}",
     "job_state_of": "SELECT state FROM job_state WHERE job_id = ?",
     "sum_open_reserved": "SELECT SUM(reserved_usd) FROM open_attempts",
     "insert_open_attempt": "INSERT INTO open_attempts (attempt_id, job_id, run_id, reserved_usd) "
@@ -91,6 +93,8 @@ class Statements:
     def __init__(self, dialect: str) -> None:
         self.dialect = dialect
         pg = dialect == "postgresql"
+        # Row locks (FOR UPDATE [SKIP LOCKED]) exist: claims need not take the totals lock.
+        self.row_locks = pg
         fmt = {
             "for_update": " FOR UPDATE" if pg else "",
             "skip_locked": " FOR UPDATE SKIP LOCKED" if pg else "",

@@ -72,14 +72,20 @@ class Tx:
     """One write transaction: appends chained events and runs named statements."""
 
     def __init__(self, conn: Connection, sql: Statements, head_seq: int, head_hash: str,
-                 next_id: int, spend_usd: float) -> None:
+                 next_id: int, spend_usd: float, *, chained: bool = True) -> None:
         self.conn = conn
         self.sql = sql
         self.head_seq = head_seq
         self.head_hash = head_hash
         self.next_id = next_id
         self.spend_usd = spend_usd
+        self.chained = chained  # False: the totals row was not read or locked; no events here
         self.dirty = False
+
+    def _require_chain(self) -> None:
+        if not self.chained:
+            raise RuntimeError("this transaction does not hold the ledger_totals lock; open it "
+                               "with transaction(events=True) to append events")
 
     def run(self, name: str, params: Sequence[Any] | Sequence[Sequence[Any]] = ()) -> Any:
         if isinstance(params, list) and not params:
@@ -92,6 +98,7 @@ class Tx:
     def append_many(self, table: Table, rows: Sequence[Sequence[Any]]) -> list[int]:
         if not rows:
             return []
+        self._require_chain()
         name = table.name
         seq, prev = self.head_seq, self.head_hash
         out, seqs = [], []
@@ -107,6 +114,7 @@ class Tx:
         return seqs
 
     def allocate_id(self) -> int:
+        self._require_chain()
         value = self.next_id
         self.next_id += 1
         self.dirty = True
@@ -132,15 +140,23 @@ class Store:
                 self._conn = None
 
     @contextmanager
-    def transaction(self) -> Iterator[Tx]:
+    def transaction(self, *, events: bool = True) -> Iterator[Tx]:
+        """One write transaction. `events=False` promises no event appends (claims): on
+        PostgreSQL it then skips the ledger_totals row lock that orders the hash chain, so claims
+        do not queue behind event writers of other processes; the job rows they take are locked
+        with FOR UPDATE SKIP LOCKED instead. SQLite's BEGIN IMMEDIATE serialises every writer
+        anyway, so there the two kinds are the same."""
         with self._lock:
             if self._conn is None:
                 self._conn = write_connection(self.ledger.engine)
             conn = self._conn
             try:
                 with conn.begin():
-                    row = conn.exec_driver_sql(self.sql["lock_totals"]).one()
-                    tx = Tx(conn, self.sql, row[0], row[1], row[2], row[3])
+                    if events or not self.sql.row_locks:
+                        row = conn.exec_driver_sql(self.sql["lock_totals"]).one()
+                        tx = Tx(conn, self.sql, row[0], row[1], row[2], row[3])
+                    else:
+                        tx = Tx(conn, self.sql, 0, "", 0, 0.0, chained=False)
                     yield tx
                     if tx.dirty:
                         conn.exec_driver_sql(self.sql["update_totals"], (
@@ -208,7 +224,7 @@ class Store:
 
     def claim(self, run_id: str, n: int, now: float, lease_s: float) -> list[ClaimedJob]:
         """Lease up to n open jobs nobody holds (or whose lease expired)."""
-        with self.transaction() as tx:
+        with self.transaction(events=False) as tx:
             ids = [r[0] for r in tx.run("select_claimable", (now, n))]
             if not ids:
                 return []

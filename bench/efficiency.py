@@ -1,0 +1,118 @@
+"""(a) API efficiency: accepted dialogues per second against the ideal concurrency / latency,
+over concurrency x latency x latency distribution x fault mix.
+
+Ideal = concurrency / mean latency: every worker always has one request in flight and every
+request yields an accepted dialogue. The mean of the simulator's lognormal is
+median * exp(sigma^2 / 2), so that is what a lognormal cell is held to.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ledger.db import open_ledger
+from ledger.runner import RunConfig
+
+from bench.harness import measured_run
+from bench.simproc import start_simulator
+from bench.workload import planned_ledger
+
+LOGNORMAL_SIGMA = 0.5
+RETRY_AFTER_S = 1.0
+FAULTS: dict[str, dict[str, float]] = {
+    "none": {},
+    "429 5%": {"p_429": 0.05},
+    "5xx 2%": {"p_500": 0.01, "p_502": 0.005, "p_503": 0.005},
+}
+
+
+@dataclass(frozen=True)
+class Grid:
+    concurrencies: tuple[int, ...]
+    latencies_ms: tuple[float, ...]
+    dists: tuple[str, ...]
+    faults: tuple[str, ...]
+    seconds_per_cell: float   # jobs = max(5 x concurrency, ideal rate x this)
+    max_jobs: int             # cap on jobs per cell
+    time_cap_s: float         # a cell is stopped (like Ctrl-C) after this long
+
+    def cells(self) -> list[tuple[int, float, str, str]]:
+        return [(c, lat, d, f) for f in self.faults for d in self.dists
+                for lat in self.latencies_ms for c in self.concurrencies]
+
+
+FULL = Grid((16, 64, 256), (50.0, 200.0, 1000.0), ("fixed", "lognormal"),
+            tuple(FAULTS), seconds_per_cell=5.0, max_jobs=4000, time_cap_s=15.0)
+QUICK = Grid((16, 64), (50.0, 200.0), ("fixed",), ("none", "429 5%"),
+             seconds_per_cell=2.0, max_jobs=1000, time_cap_s=8.0)
+
+
+def mean_latency_s(latency_ms: float, dist: str) -> float:
+    factor = math.exp(LOGNORMAL_SIGMA ** 2 / 2) if dist == "lognormal" else 1.0
+    return latency_ms / 1000.0 * factor
+
+
+def jobs_for(grid: Grid, concurrency: int, latency_ms: float, dist: str) -> int:
+    ideal = concurrency / mean_latency_s(latency_ms, dist)
+    return min(grid.max_jobs, max(5 * concurrency, math.ceil(ideal * grid.seconds_per_cell)))
+
+
+def run_cell(template: Path, workdir: Path, concurrency: int, latency_ms: float, dist: str,
+             fault: str, n_jobs: int, time_cap_s: float) -> dict[str, Any]:
+    db = workdir / "cell.db"
+    shutil.copyfile(template, db)
+    ledger = open_ledger(str(db))
+    config = RunConfig(concurrency=concurrency, limit=n_jobs)
+    try:
+        with start_simulator(latency_ms, dist=dist, faults=FAULTS[fault],
+                             retry_after_s=RETRY_AFTER_S) as sim:
+            sim_cpu0 = sim.cpu_s()
+            fig = measured_run(ledger, config, sim.base_url, time_cap_s=time_cap_s)
+            sim_cpu = sim.cpu_s() - sim_cpu0
+            stats = sim.stats()
+    finally:
+        ledger.dispose()
+    ideal = concurrency / mean_latency_s(latency_ms, dist)
+    s = fig.stats
+    finished = s.accepted + s.failed_jobs
+    return {
+        "concurrency": concurrency, "latency_ms": latency_ms, "dist": dist, "faults": fault,
+        "jobs_planned": n_jobs, "accepted": s.accepted, "failed_jobs": s.failed_jobs,
+        "attempts": s.attempts, "attempts_per_job": s.attempts / finished if finished else None,
+        "acceptance": s.accepted / finished if finished else None,
+        "wall_s": fig.wall_s, "accepted_per_s": fig.accepted_per_s, "ideal_per_s": ideal,
+        "efficiency": fig.accepted_per_s / ideal, "stopped": fig.reason,
+        "client_cpu_s": fig.client_cpu_s,
+        "client_cpu_ms_per_job": 1000 * fig.client_cpu_s / finished if finished else None,
+        "sim_cpu_s": sim_cpu, "sim_cpu_share": sim_cpu / fig.wall_s,
+        "sim_max_in_flight": stats["max_in_flight"], "sim_requests": stats["requests"],
+        "sim_by_status": stats["by_status"],
+        # Worker time not spent waiting on a response: ledger writes, filtering, queueing for
+        # the store lock or the GIL, backoff sleeps and the shared 429 cooldown.
+        "idle_worker_share": max(0.0, 1 - fig.busy_s / (concurrency * fig.wall_s)),
+        "errors": {k: v for k, v in fig.by_error.items() if k != "ok"},
+    }
+
+
+def run_grid(grid: Grid, log: Any = print) -> list[dict[str, Any]]:
+    cells = grid.cells()
+    most = max(jobs_for(grid, c, lat, d) for c, lat, d, _f in cells)
+    with tempfile.TemporaryDirectory(prefix="bench-eff-") as tmp:
+        workdir = Path(tmp)
+        template = workdir / "template.db"
+        planned_ledger(template, most).dispose()
+        out = []
+        for i, (c, lat, d, f) in enumerate(cells, 1):
+            n = jobs_for(grid, c, lat, d)
+            row = run_cell(template, workdir, c, lat, d, f, n, grid.time_cap_s)
+            log(f"  [{i}/{len(cells)}] c={c} {lat:g}ms {d} faults={f}: "
+                f"{row['accepted_per_s']:.1f}/s of {row['ideal_per_s']:.0f} ideal "
+                f"= {row['efficiency']:.3f} (max in flight {row['sim_max_in_flight']}, "
+                f"{row['wall_s']:.1f}s)")
+            out.append(row)
+    return out
