@@ -11,12 +11,13 @@ import hashlib
 import os
 import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Table
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
 from . import schema
 from .db import Ledger, write_connection
@@ -32,6 +33,7 @@ from .records import (
 from .sql import Statements
 
 CHAIN_COLUMNS = ("seq", "row_hash")
+T = TypeVar("T")
 FAULT_ENV = "LEDGER_FAULT_EXIT_AT"
 FAULT_EXIT_CODE = 77
 
@@ -68,6 +70,43 @@ def chain_hash(prev_hash: str, table: str, seq: int, values: Sequence[Any]) -> s
     return hashlib.sha256((prev_hash + payload).encode("utf-8")).hexdigest()
 
 
+class _Rows:
+    """The few result accessors the store uses, over a DBAPI cursor."""
+
+    __slots__ = ("_cur",)
+
+    def __init__(self, cur: Any) -> None:
+        self._cur = cur
+
+    def one(self) -> Any:
+        row = self._cur.fetchone()
+        if row is None:
+            raise LookupError("expected one row, got none")
+        return row
+
+    def scalar(self) -> Any:
+        row = self._cur.fetchone() if self._cur is not None else None
+        return None if row is None else row[0]
+
+    def all(self) -> list[Any]:
+        return list(self._cur.fetchall()) if self._cur is not None else []
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.all())
+
+
+class _Pending:
+    """One write waiting to share a transaction with others (group commit)."""
+
+    __slots__ = ("op", "done", "value", "error")
+
+    def __init__(self, op: Callable[[Tx], Any]) -> None:
+        self.op = op
+        self.done = False
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
 class Tx:
     """One write transaction: appends chained events and runs named statements."""
 
@@ -81,16 +120,41 @@ class Tx:
         self.spend_usd = spend_usd
         self.chained = chained  # False: the totals row was not read or locked; no events here
         self.dirty = False
+        # The driver's own cursor on the same connection and transaction: the hot path skips
+        # SQLAlchemy's per-statement machinery (measured at ~0.15 ms a statement).
+        self.cur = conn.connection.cursor()
+        self._dbapi_error = conn.dialect.loaded_dbapi.Error
+
+    def execute(self, sql: str, params: Any = (), many: bool = False) -> None:
+        """The raw cursor, with driver errors raised as SQLAlchemy's (IntegrityError, ...) as
+        every other layer expects."""
+        try:
+            if many:
+                self.cur.executemany(sql, params)
+            else:
+                self.cur.execute(sql, params)
+        except self._dbapi_error as exc:
+            raise DBAPIError.instance(sql, None, exc, self._dbapi_error) from exc
+
+    def snapshot(self) -> tuple[int, str, int, float, bool]:
+        return self.head_seq, self.head_hash, self.next_id, self.spend_usd, self.dirty
+
+    def restore(self, snap: tuple[int, str, int, float, bool]) -> None:
+        self.head_seq, self.head_hash, self.next_id, self.spend_usd, self.dirty = snap
 
     def _require_chain(self) -> None:
         if not self.chained:
             raise RuntimeError("this transaction does not hold the ledger_totals lock; open it "
                                "with transaction(events=True) to append events")
 
-    def run(self, name: str, params: Sequence[Any] | Sequence[Sequence[Any]] = ()) -> Any:
-        if isinstance(params, list) and not params:
-            return None  # an empty executemany: nothing to do
-        return self.conn.exec_driver_sql(self.sql[name], params)  # type: ignore[arg-type]
+    def run(self, name: str, params: Sequence[Any] | Sequence[Sequence[Any]] = ()) -> _Rows:
+        """Run a named statement: a tuple of parameters once, a list of tuples as executemany."""
+        if isinstance(params, list):
+            if params:
+                self.execute(self.sql[name], params, many=True)
+            return _Rows(None)
+        self.execute(self.sql[name], params)
+        return _Rows(self.cur)
 
     def append(self, table: Table, values: Sequence[Any]) -> int:
         return self.append_many(table, [values])[0]
@@ -108,7 +172,10 @@ class Tx:
             prev = chain_hash(prev, name, seq, vals)
             out.append((*vals, seq, prev))
             seqs.append(seq)
-        self.conn.exec_driver_sql(self.sql.insert(table), out)
+        if len(out) == 1:
+            self.execute(self.sql.insert(table), out[0])
+        else:
+            self.execute(self.sql.insert(table), out, many=True)
         self.head_seq, self.head_hash = seq, prev
         self.dirty = True
         return seqs
@@ -130,6 +197,8 @@ class Store:
         self.sql = Statements(ledger.dialect)
         self._lock = threading.Lock()
         self._conn: Connection | None = None
+        self._pending: list[_Pending] = []
+        self._pending_lock = threading.Lock()
         self._fault = _fault_point(os.environ.get(FAULT_ENV))
         self._writes = 0
 
@@ -146,31 +215,77 @@ class Store:
         do not queue behind event writers of other processes; the job rows they take are locked
         with FOR UPDATE SKIP LOCKED instead. SQLite's BEGIN IMMEDIATE serialises every writer
         anyway, so there the two kinds are the same."""
-        with self._lock:
-            if self._conn is None:
-                self._conn = write_connection(self.ledger.engine)
-            conn = self._conn
+        with self._lock, self._transaction_locked(events) as tx:
+            yield tx
+
+    @contextmanager
+    def _transaction_locked(self, events: bool = True) -> Iterator[Tx]:
+        """The transaction itself; the caller holds self._lock."""
+        if self._conn is None:
+            self._conn = write_connection(self.ledger.engine)
+        conn = self._conn
+        try:
+            with conn.begin():
+                if events or not self.sql.row_locks:
+                    tx = Tx(conn, self.sql, 0, "", 0, 0.0)
+                    tx.head_seq, tx.head_hash, tx.next_id, tx.spend_usd = \
+                        tx.run("lock_totals").one()
+                else:
+                    tx = Tx(conn, self.sql, 0, "", 0, 0.0, chained=False)
+                yield tx
+                if tx.dirty:
+                    tx.run("update_totals", (
+                        tx.head_seq, tx.head_hash, tx.next_id, tx.spend_usd))
+                self._maybe_crash("before")
+            self._maybe_crash("after")
+        except BaseException:
+            # A connection whose transaction died mid-way is not reused.
+            self._conn = None
             try:
-                with conn.begin():
-                    if events or not self.sql.row_locks:
-                        row = conn.exec_driver_sql(self.sql["lock_totals"]).one()
-                        tx = Tx(conn, self.sql, row[0], row[1], row[2], row[3])
-                    else:
-                        tx = Tx(conn, self.sql, 0, "", 0, 0.0, chained=False)
-                    yield tx
-                    if tx.dirty:
-                        conn.exec_driver_sql(self.sql["update_totals"], (
-                            tx.head_seq, tx.head_hash, tx.next_id, tx.spend_usd))
-                    self._maybe_crash("before")
-                self._maybe_crash("after")
-            except BaseException:
-                # A connection whose transaction died mid-way is not reused.
-                self._conn = None
-                try:
-                    conn.close()
-                except Exception:  # noqa: BLE001 - already failing; keep the first error
-                    pass
-                raise
+                conn.close()
+            except Exception:  # noqa: BLE001 - already failing; keep the first error
+                pass
+            raise
+
+    def _combined(self, op: Callable[[Tx], T]) -> T:
+        """Run `op` in a write transaction shared with whatever other threads queued meanwhile
+        (group commit): one BEGIN IMMEDIATE and one fsync for the whole group, each op inside
+        its own savepoint so one failure does not undo the others. Returns only after the
+        commit, so a committed intent still precedes its request."""
+        item = _Pending(op)
+        with self._pending_lock:
+            self._pending.append(item)
+        with self._lock:
+            if not item.done:
+                with self._pending_lock:
+                    batch, self._pending = self._pending, []
+                self._run_batch(batch)
+        if item.error is not None:
+            raise item.error
+        return item.value  # type: ignore[no-any-return]
+
+    def _run_batch(self, batch: list[_Pending]) -> None:
+        try:
+            with self._transaction_locked() as tx:
+                if len(batch) == 1:
+                    batch[0].value = batch[0].op(tx)
+                else:
+                    for item in batch:
+                        snap = tx.snapshot()
+                        tx.execute("SAVEPOINT ledger_op")
+                        try:
+                            item.value = item.op(tx)
+                        except Exception as exc:  # noqa: BLE001 - handed to its own caller
+                            tx.execute("ROLLBACK TO SAVEPOINT ledger_op")
+                            tx.restore(snap)
+                            item.error = exc
+                        tx.execute("RELEASE SAVEPOINT ledger_op")
+        except BaseException as exc:  # the commit itself failed: nobody's write happened
+            for item in batch:
+                item.error, item.value = exc, None
+        finally:
+            for item in batch:
+                item.done = True
 
     def _maybe_crash(self, phase: str) -> None:
         if self._fault is None:
@@ -239,9 +354,9 @@ class Store:
 
         Refuses (without writing) when the job is no longer ours or the budget, counting every
         attempt still open at its maximum cost, cannot cover this one."""
-        with self.transaction() as tx:
-            row = tx.run("job_lease", (job_id,)).one()
-            state, owner, last_no = row
+
+        def op(tx: Tx) -> AttemptStart:
+            state, owner, last_no = tx.run("job_lease", (job_id,)).one()
             if state != "open":
                 return AttemptStart(refused="done")
             if owner != run_id:
@@ -252,13 +367,14 @@ class Store:
                     return AttemptStart(refused="budget")
             attempt_id = tx.allocate_id()
             attempt_no = last_no + 1
-            started = utc_now()
             tx.append(schema.attempts, (attempt_id, job_id, attempt_no, run_id, model,
                                         chain_position, prompt_version, max_tokens, reserved_usd,
-                                        started))
+                                        utc_now()))
             tx.run("insert_open_attempt", (attempt_id, job_id, run_id, reserved_usd))
             tx.run("job_attempt_started", (attempt_no, now + lease_s, job_id))
-        return AttemptStart(attempt_id=attempt_id, attempt_no=attempt_no)
+            return AttemptStart(attempt_id=attempt_id, attempt_no=attempt_no)
+
+        return self._combined(op)
 
     def finish_attempt(self, attempt_id: int, job_id: str, run_id: str | None,
                        outcome: OutcomeRecord, verdict: VerdictRecord | None = None,
@@ -267,7 +383,8 @@ class Store:
         """Record an attempt's outcome (and verdict), and accept or fail its job, atomically.
 
         Returns True when the job was accepted by this call."""
-        with self.transaction() as tx:
+
+        def op(tx: Tx) -> bool:
             o = outcome
             tx.append(schema.attempt_outcomes, (
                 attempt_id, utc_now(), o.http_status, o.error_class, o.error_code, o.error_type,
@@ -278,16 +395,16 @@ class Store:
             tx.spend_usd += o.cost_usd
             tx.run("job_add_spend", (o.cost_usd, job_id))
             verdict_id = _append_verdict(tx, attempt_id, verdict) if verdict else None
-            accepted = False
             if accept and verdict_id is not None:
-                accepted = _accept(tx, job_id, attempt_id, verdict_id)
-            elif fail_reasons is not None:
+                return _accept(tx, job_id, attempt_id, verdict_id)
+            if fail_reasons is not None:
                 _fail(tx, job_id, run_id, fail_reasons)
-        return accepted
+            return False
+
+        return self._combined(op)
 
     def fail_job(self, job_id: str, run_id: str | None, reasons: Sequence[str]) -> None:
-        with self.transaction() as tx:
-            _fail(tx, job_id, run_id, reasons)
+        self._combined(lambda tx: _fail(tx, job_id, run_id, reasons))
 
     def release(self, run_id: str, job_ids: Sequence[str]) -> None:
         """Give leased jobs back (on a clean stop) so the next run can take them at once."""
@@ -344,13 +461,14 @@ def _existing_job_ids(tx: Tx, ids: Sequence[str]) -> set[str]:
     chunk = 500  # stay under every driver's bound-parameter limit
     for i in range(0, len(ids), chunk):
         part = ids[i:i + chunk]
-        found.update(r[0] for r in tx.conn.exec_driver_sql(tx.sql.job_ids_in(len(part)),
-                                                            tuple(part)))
+        tx.execute(tx.sql.job_ids_in(len(part)), tuple(part))
+        found.update(r[0] for r in tx.cur.fetchall())
     return found
 
 
 def _fetch_claimed(tx: Tx, ids: Sequence[str]) -> list[ClaimedJob]:
-    rows = tx.conn.exec_driver_sql(tx.sql.claimed_in(len(ids)), tuple(ids)).all()
+    tx.execute(tx.sql.claimed_in(len(ids)), tuple(ids))
+    rows = tx.cur.fetchall()
     by_id = {r[0]: ClaimedJob(*r) for r in rows}
     return [by_id[i] for i in ids if i in by_id]
 
