@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from .commands import Exit, integer, names
+from .commands import integer, names
 from .errors import UsageError
 
 
@@ -100,7 +100,6 @@ class ReportCommands:
         print(render(rows, fmt, title=False))
         if truncated:
             print(f"(showing the first {limit} rows; pass --limit N for more)", file=sys.stderr)
-        raise Exit(0)
 
     # --- helpers --------------------------------------------------------------------------
 

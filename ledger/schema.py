@@ -334,9 +334,9 @@ Index("ix_attempt_outcomes_error_cost", attempt_outcomes.c.error_class,
 Index("ix_attempts_run_id", attempts.c.run_id)
 Index("ix_attempts_fallback", attempts.c.chain_position,
       sqlite_where=text("chain_position > 0"), postgresql_where=text("chain_position > 0"))
-Index("ix_verdicts_quality", verdicts.c.attempt_id, verdicts.c.filter_version,
-      verdicts.c.passed, verdicts.c.turns, verdicts.c.tutor_questions,
-      verdicts.c.self_corrected)
+Index("ix_verdicts_quality", verdicts.c.attempt_id, verdicts.c.verdict_id,
+      verdicts.c.filter_version, verdicts.c.passed, verdicts.c.turns,
+      verdicts.c.tutor_questions, verdicts.c.self_corrected)
 Index("ix_verdicts_rejected", verdicts.c.attempt_id, verdicts.c.passed, verdicts.c.reasons_json,
       sqlite_where=text("passed = 0"), postgresql_where=text("passed = 0"))
 Index("ix_job_state_cell", job_state.c.l1, job_state.c.pattern, job_state.c.level,
