@@ -75,6 +75,9 @@ def _install_sqlite_settings(engine: Engine) -> None:
         cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA recursive_triggers=ON")
+        # Room for a large plan's transaction in memory (allocated only as used), so SQLite
+        # does not spill half-built index pages to the WAL and read them back.
+        cur.execute("PRAGMA cache_size=-262144")
         cur.close()
 
     @event.listens_for(engine, "begin")

@@ -65,8 +65,12 @@ def canonical_values(table: str, values: Sequence[Any]) -> list[Any]:
     return [float(v) if i in floats and v is not None else v for i, v in enumerate(values)]
 
 
+# One encoder for every row: json.dumps with non-default options builds a new one per call.
+_CANONICAL = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def chain_hash(prev_hash: str, table: str, seq: int, values: Sequence[Any]) -> str:
-    payload = json.dumps([table, seq, *values], separators=(",", ":"), ensure_ascii=False)
+    payload = _CANONICAL.encode([table, seq, *values])
     return hashlib.sha256((prev_hash + payload).encode("utf-8")).hexdigest()
 
 
