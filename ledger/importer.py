@@ -29,7 +29,8 @@ from .errors import UsageError
 from .filters import FilterConfig, Verdict, judge
 from .prompts import TUTOR_SYSTEM_MESSAGE
 from .records import PlannedJob, utc_now
-from .store import Store, Tx
+from .store import Store
+from .tx import Tx
 
 IMPORT_MODEL = "import"
 UNKNOWN = "unknown"

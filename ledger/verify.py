@@ -20,7 +20,7 @@ from sqlalchemy import Table
 from . import queries, schema
 from .db import Ledger
 from .errors import UsageError
-from .store import canonical_values, chain_hash, event_columns
+from .tx import canonical_values, chain_hash, event_columns
 
 MONEY_TOLERANCE_USD = 1e-9
 

@@ -26,7 +26,8 @@ from ledger.catalog import load_catalog  # noqa: E402
 from ledger.db import Ledger, head_revision  # noqa: E402
 from ledger.planner import plan_ledger  # noqa: E402
 from ledger.records import OutcomeRecord, PriceRecord, VerdictRecord  # noqa: E402
-from ledger.store import Store, chain_hash, event_columns  # noqa: E402
+from ledger.store import Store  # noqa: E402
+from ledger.tx import chain_hash, event_columns  # noqa: E402
 
 pytest_plugins = ("backends",)
 

@@ -22,7 +22,8 @@ from conftest import ROOT, make_jobs, run_cli  # noqa: E402
 from ledger import queries, schema  # noqa: E402
 from ledger.db import Ledger, open_ledger  # noqa: E402
 from ledger.simulator import SimConfig, Simulator  # noqa: E402
-from ledger.store import Store, chain_hash, event_columns  # noqa: E402
+from ledger.store import Store  # noqa: E402
+from ledger.tx import chain_hash, event_columns  # noqa: E402
 
 pytest_plugins = ("backends",)
 

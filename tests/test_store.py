@@ -109,7 +109,7 @@ def test_plan_jobs_is_idempotent(store, ledger):
 
 
 def test_chain_sequence_is_gapless_and_hashes_link(store, ledger):
-    from ledger.store import chain_hash, event_columns
+    from ledger.tx import chain_hash, event_columns
 
     _filled(store)
     rows = []
