@@ -36,6 +36,7 @@ does "It is raining" contain "Is raining".
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from difflib import SequenceMatcher
@@ -142,13 +143,12 @@ def judge(
         if learner_texts
         else 0.0
     )
-    answer_turn = first_answer_turn(
-        turns, correct_words, error_words, config.answer_match_threshold
-    )
-    self_corrected = any(
-        says(text, correct_words, error_words, config.answer_match_threshold)
-        for text in learner_texts[1:]
-    )
+    # Whether each turn says the corrected sentence: computed once, read by both rules.
+    said = [says(turn.content, correct_words, error_words, config.answer_match_threshold)
+            for turn in turns]
+    answer_turn = _first_answer(turns, said)
+    learner_said = [flag for turn, flag in zip(turns, said) if turn.role == USER]
+    self_corrected = any(learner_said[1:])
 
     failed = {
         "bad_structure": turns[0].role != USER or any(not turn.content for turn in turns),
@@ -215,11 +215,13 @@ def correction_phrases_in(texts: Sequence[str], phrases: Sequence[str]) -> list[
     return [phrase for phrase in phrases if _phrase_pattern(phrase).search(haystack)]
 
 
+@lru_cache(maxsize=1024)
 def _phrase_pattern(phrase: str) -> re.Pattern[str]:
     words = phrase.translate(_CURLY).split()
     body = r"\s+".join(re.escape(word) for word in words)
     plural = "s?" if len(words) == 1 else ""
-    # re caches compiled patterns, so building them per call stays cheap and pure.
+    # Cached: building the pattern (escape, join, re's own cache lookup) cost more than the
+    # search on every judged answer.
     return re.compile(rf"(?<![\w']){body}{plural}(?![\w'])", re.IGNORECASE)
 
 
@@ -344,10 +346,13 @@ def first_answer_turn(
 ) -> int | None:
     """Index of the first tutor turn that says the corrected sentence while no learner turn
     has said it yet; None when the tutor never gives the answer away."""
-    for index, turn in enumerate(turns):
-        said = says(turn.content, correct, erroneous, threshold)
-        if said and turn.role == USER:
+    return _first_answer(turns, [says(t.content, correct, erroneous, threshold) for t in turns])
+
+
+def _first_answer(turns: Sequence[Turn], said: Sequence[bool]) -> int | None:
+    for index, (turn, flag) in enumerate(zip(turns, said)):
+        if flag and turn.role == USER:
             return None
-        if said and turn.role == ASSISTANT:
+        if flag and turn.role == ASSISTANT:
             return index
     return None
