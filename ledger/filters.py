@@ -241,12 +241,18 @@ _IS_HOSTS = frozenset(
 
 def sentence_words(text: str) -> list[str]:
     """Normalised words: lower case, straight apostrophes, no punctuation, contractions expanded."""
+    return list(_sentence_words(text))
+
+
+@lru_cache(maxsize=4096)
+def _sentence_words(text: str) -> tuple[str, ...]:
+    # Cached: one answer asks for the same turn's words from several rules.
     words: list[str] = []
     for token in _WORD.findall(text.translate(_CURLY).lower()):
         words.extend(_expand_contraction(token))
         if len(words) >= _MAX_WORDS:
             break
-    return words[:_MAX_WORDS]
+    return tuple(words[:_MAX_WORDS])
 
 
 def _expand_contraction(token: str) -> list[str]:
@@ -286,6 +292,7 @@ def containment(
     to_target.set_seq2(list(target))
     to_foil = SequenceMatcher(None, autojunk=False)
     to_foil.set_seq2(list(foil))
+    foil_memo: dict[tuple[int, int], float] = {}  # windows overlap across start positions
     best = 0.0
     for start, word in enumerate(words):
         # An unmatched word at either end only lowers the ratio, so stretches that matter
@@ -305,7 +312,8 @@ def containment(
             score = to_target.ratio()
             if score <= bar or not required.issubset(words[start:end]):
                 continue
-            if discriminate and _foil_score(to_foil, words, start, end, widen) >= score:
+            if discriminate and _foil_score(to_foil, words, start, end, widen,
+                                            foil_memo) >= score:
                 continue
             best = score
             if best == 1.0:
@@ -316,6 +324,11 @@ def containment(
 def _distinctive_words(target: Sequence[str], foil: Sequence[str]) -> frozenset[str]:
     """The target's words that the foil replaces or drops: "no" in "I no like coffee" against
     "I do not like coffee". A stretch lacking them is not the target, however similar."""
+    return _distinctive_cached(tuple(target), tuple(foil))
+
+
+@lru_cache(maxsize=1024)
+def _distinctive_cached(target: tuple[str, ...], foil: tuple[str, ...]) -> frozenset[str]:
     opcodes = SequenceMatcher(None, list(target), list(foil), autojunk=False).get_opcodes()
     return frozenset(
         word
@@ -326,13 +339,18 @@ def _distinctive_words(target: Sequence[str], foil: Sequence[str]) -> frozenset[
 
 
 def _foil_score(
-    to_foil: SequenceMatcher[str], words: Sequence[str], start: int, end: int, widen: int
+    to_foil: SequenceMatcher[str], words: Sequence[str], start: int, end: int, widen: int,
+    memo: dict[tuple[int, int], float],
 ) -> float:
     best = 0.0
     for before in range(widen + 1):
         for after in range(widen + 1):
-            to_foil.set_seq1(list(words[max(0, start - before) : end + after]))
-            best = max(best, to_foil.ratio())
+            key = (max(0, start - before), min(len(words), end + after))
+            score = memo.get(key)
+            if score is None:
+                to_foil.set_seq1(list(words[key[0]:key[1]]))
+                score = memo[key] = to_foil.ratio()
+            best = max(best, score)
     return best
 
 
