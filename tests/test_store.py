@@ -195,3 +195,49 @@ def test_rebuilt_projections_equal_incremental_ones(store, ledger):
     assert _projection_snapshot(ledger) == incremental
     assert incremental["open_attempts"], "the scenario must include an open attempt"
 
+
+
+def test_group_commit_isolates_a_failing_write_from_the_rest_of_its_group(store, ledger):
+    """Writes queued while the store is busy share one transaction; one that fails is rolled
+    back to its savepoint and raises for its own caller, and the others still commit."""
+    import threading
+
+    store.plan_jobs(make_jobs(6))
+    store.start_run("r", "h", 1, "p1", "f1", {})
+    now = time.time()
+    jobs = store.claim("r", 6, now, 60)
+    starts = [store.begin_attempt(j.job_id, "r", "m", 0, "p1", 200, 0.01, None, now, 60)
+              for j in jobs]
+    # Finish the first attempt now, so finishing it again inside the group must fail.
+    store.finish_attempt(starts[0].attempt_id, jobs[0].job_id, "r",
+                         OutcomeRecord("ok", 0.001, "response"))
+    results: dict[int, object] = {}
+
+    def finish(i: int) -> None:
+        try:
+            results[i] = store.finish_attempt(starts[i].attempt_id, jobs[i].job_id, "r",
+                                              OutcomeRecord("ok", 0.002, "response"))
+        except Exception as exc:  # noqa: BLE001 - the test inspects it
+            results[i] = exc
+
+    with store._lock:  # hold the store so all six writes queue into one group
+        threads = [threading.Thread(target=finish, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 10
+        while len(store._pending) < 6 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(store._pending) == 6
+    for t in threads:
+        t.join(10)
+    assert isinstance(results[0], IntegrityError)
+    assert all(results[i] is False for i in range(1, 6))
+    with ledger.engine.connect() as conn:
+        outcomes = conn.exec_driver_sql("SELECT COUNT(*) FROM attempt_outcomes").scalar()
+        spend = conn.exec_driver_sql("SELECT spend_usd FROM ledger_totals").scalar()
+    assert outcomes == 6  # the first one's original outcome plus the five of the group
+    assert spend == pytest.approx(0.001 + 5 * 0.002)
+    from ledger.verify import check_chain, check_projections
+
+    # The projections written inside the group match a replay, and the chain links.
+    assert check_projections(ledger).ok and check_chain(ledger).ok
