@@ -85,8 +85,14 @@ def targets(res: dict[str, Any]) -> list[list[str]]:
         add("(d) export >= 100,000 dialogues/s", None, None)
     reports = ex.get("reports")
     if isinstance(reports, list) and reports:
-        worst = max(r["seconds"] for r in reports)
-        add("(d) <= 2 s per report (slowest)", worst, worst <= 2.0, _f(worst, 2) + " s")
+        ran = [r for r in reports if r["exit"] == 0]
+        if ran:
+            worst = max(ran, key=lambda r: r["seconds"])
+            add(f"(d) <= 2 s per report (slowest of {len(ran)} that ran: {worst['name']})",
+                worst["seconds"], worst["seconds"] <= 2.0, _f(worst["seconds"], 2) + " s")
+        for r in reports:
+            if r["exit"] != 0:
+                out.append([f"(d) report {r['name']}", "failed: " + r["error"], "not measured"])
     else:
         add("(d) <= 2 s per report", None, None)
     an = ex.get("analyze")

@@ -1,7 +1,7 @@
 """Run the benchmarks and write bench/results.json and BENCHMARKS.md.
 
-    python bench/run.py            # everything (about 25 minutes on 2 cores, plus a one-off
-                                   # ~10 minute build of the 1M-job ledger in bench/out/)
+    python bench/run.py            # everything: about 22 minutes on 2 cores, plus a one-off
+                                   # ~20 minute build of the 1M-job ledger kept in bench/out/
     python bench/run.py --quick    # a reduced grid and a 50k-job ledger: a few minutes
     python bench/run.py --only a,b # some sections; the others keep their last results
 Sections: a (efficiency grid), b (ledger overhead), profile, c (resume at scale), d (export,
