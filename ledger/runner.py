@@ -181,7 +181,8 @@ class Runner:
     def _next_job(self) -> ClaimedJob | None:
         with self._queue_lock:
             if not self._queue and not self._exhausted:
-                want = max(1, min(self.config.concurrency, 64))
+                # A few spare leases: at low concurrency one claim then serves several jobs.
+                want = min(max(8, self.config.concurrency), 64)
                 if self.config.limit is not None:
                     want = min(want, self.config.limit - self._claimed_total)
                 claimed = (self.store.claim(self.run_id, want, time.time(), self.config.lease_s)

@@ -130,10 +130,11 @@ class Store:
                 with self._pending_lock:
                     batch, self._pending = self._pending, []
                 self._run_batch(batch)
-                if self._yield_s:
-                    # Hold our own queue a moment after each commit so another process waiting
-                    # on SQLite's busy handler (which polls in millisecond sleeps) can take the
-                    # write lock; our writers meanwhile pile into the next group.
+                if self._yield_s and len(batch) > 1:
+                    # A busy writer (several threads queued) holds its own queue a moment after
+                    # each commit, so another process waiting in SQLite's busy handler (which
+                    # polls in millisecond sleeps) can take the write lock; our writers pile
+                    # into the next group meanwhile. A lone writer leaves gaps anyway.
                     time.sleep(self._yield_s)
         if item.error is not None:
             raise item.error
