@@ -24,7 +24,7 @@ from bench.build_ledger import COST_USD, MODEL, build_accepted_ledger
 from conftest import ROOT, run_cli
 from ledger.commands import Commands
 from ledger.db import open_ledger
-from ledger.errors import UsageError
+from ledger.errors import LedgerError, UsageError
 from ledger.export import ExportFilters, export_dialogues
 from ledger.filters import FILTER_VERSION
 from ledger.prompts import PROMPT_VERSION, TUTOR_SYSTEM_MESSAGE
@@ -244,3 +244,29 @@ def test_a_killed_export_never_leaves_a_partial_file(big_db: Path, tmp_path: Pat
     assert out.read_bytes() == good  # the old file, whole
     manifest = json.loads((tmp_path / "train.jsonl.manifest.json").read_text())
     assert manifest["sha256"] == hashlib.sha256(good).hexdigest()
+
+
+def test_lines_match_json_dumps_for_awkward_content() -> None:
+    from ledger.export import export_line
+
+    messages = [{"role": "system", "content": "Sé paciente \\ \"citas\"\tand\u0001 ☕"},
+                {"role": "user", "content": "I no like café.\nLine two \u2028 end\\"},
+                {"role": "narrator", "content": ""}]
+    row = ("job-é", 7, "spanish", "negation_error", "beginner", "m/ö", "p1", "f1", "import",
+           json.dumps(messages, ensure_ascii=False))
+    meta = {"job_id": "job-é", "attempt_id": 7, "l1": "spanish", "error_type": "negation_error",
+            "level": "beginner", "model": "m/ö", "prompt_version": "p1", "filter_version": "f1",
+            "source": "import"}
+    roles = {"system": "system", "user": "human", "assistant": "gpt"}
+    expected = {
+        "sharegpt": {**meta, "conversations": [{"from": roles.get(m["role"], m["role"]),
+                                                "value": m["content"]} for m in messages]},
+        "chatml": {**meta, "text": "\n".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>"
+                                             for m in messages)},
+    }
+    for fmt, record in expected.items():
+        assert export_line(fmt, row) == json.dumps(record, sort_keys=True, ensure_ascii=False,
+                                                   separators=(",", ":"))
+    assert json.loads(export_line("messages", row))["messages"] == messages
+    with pytest.raises(LedgerError, match="no stored messages"):
+        export_line("sharegpt", (*row[:9], None))
