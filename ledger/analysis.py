@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import text
 
 from .db import Ledger
-from .reports import plain
+from .reports import plain, reading_connection
 
 # Thresholds for the advice; the seed's set ran at 4.2 turns and 1.6 questions per dialogue.
 BALANCED_RATIO = 0.8        # smallest L1 share / largest L1 share
@@ -91,14 +91,16 @@ class Analysis:
 
 # --- the ledger ------------------------------------------------------------------------------
 
-# Every query below is one pass over an index or a small table; see migration 0002.
+# Every query below is one pass over an index or a small table; see migrations 0002 and 0003.
 _CELL_STATES = text("SELECT l1, pattern, level, state, COUNT(*) FROM job_state "
                     "GROUP BY l1, pattern, level, state")
-# Read from the narrow ix_verdicts_quality, asking acceptances about each verdict, rather than
-# fetching a million verdict rows (each holding its dialogue) by verdict_id.
-_ACCEPTED_SHAPE = text("SELECT AVG(v.turns), AVG(v.tutor_questions) FROM verdicts v "
-                       "WHERE EXISTS (SELECT 1 FROM acceptances acc "
-                       "WHERE acc.attempt_id = v.attempt_id AND acc.verdict_id = v.verdict_id)")
+# Each acceptance's verdict, found by (attempt, verdict) in the narrow ix_verdicts_quality
+# while acceptances are read from ix_acceptances_attempt_verdict (migration 0003): two narrow
+# indexes walked in attempt order. The unary + keeps SQLite from fetching the verdict by its
+# primary key, which would read a million wide verdict rows (each holds its dialogue).
+_ACCEPTED_SHAPE = text("SELECT AVG(v.turns), AVG(v.tutor_questions) FROM acceptances acc "
+                       "CROSS JOIN verdicts v WHERE v.attempt_id = acc.attempt_id "
+                       "AND +v.verdict_id = acc.verdict_id")
 _MODELS = text("SELECT model, attempts, accepted, cost_usd, acceptance_rate, "
                "cost_per_accepted_usd FROM v_cost_by_model ORDER BY model")
 _RULES = text("SELECT reason, attempts, cost_usd FROM v_waste_by_reason "
@@ -109,7 +111,7 @@ _ORPHANS = text("SELECT COUNT(*) FROM v_orphaned_attempts WHERE run_stopped = 1"
 
 def analyze_ledger(ledger: Ledger) -> Analysis:
     """The ledger's accepted dialogues against its plan, with cost and quality by model."""
-    with ledger.engine.connect() as conn:
+    with reading_connection(ledger) as conn:
         cells = [(r[0], r[1], r[2], r[3], int(r[4])) for r in conn.execute(_CELL_STATES)]
         avg_turns, avg_questions = (plain(v) for v in conn.execute(_ACCEPTED_SHAPE).one())
         models = tuple(ModelFigures(r[0], int(r[1]), int(r[2]), float(plain(r[3]) or 0.0),

@@ -12,13 +12,14 @@ import csv
 import io
 import json
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import Connection, bindparam, text
 from tabulate import tabulate, tabulate_formats
 
 from .db import Ledger
@@ -211,11 +212,23 @@ def run_report(ledger: Ledger, name: str, filters: Filters = Filters()) -> Rows:
         sql, params = _filtered(spec.facts_sql, spec.facts_filters, filters, wrap=False)
         sql = f"SELECT * FROM ({sql}) facts"
     stmt = _bind(f"{sql} ORDER BY {spec.order_by}", params)
-    with ledger.engine.connect() as conn:
+    with reading_connection(ledger) as conn:
         result = conn.execute(stmt, params)
         columns = tuple(result.keys())
         rows = tuple(tuple(plain(v) for v in row) for row in result)
     return Rows(name=spec.name, title=spec.title, columns=columns, rows=rows, note=spec.note)
+
+
+@contextmanager
+def reading_connection(ledger: Ledger) -> Iterator[Connection]:
+    """A connection for summing over the whole ledger. On SQLite, sorts for GROUP BY stay in
+    memory: a million-row sort spilled to a temporary file costs a report a tenth of its
+    time. Set before the first statement, outside any transaction, as SQLite requires."""
+    with ledger.engine.connect() as conn:
+        if ledger.dialect == "sqlite":
+            conn.connection.dbapi_connection.execute(  # type: ignore[union-attr]
+                "PRAGMA temp_store = MEMORY")
+        yield conn
 
 
 def _filtered(sql: str, columns: Mapping[str, str], filters: Filters,

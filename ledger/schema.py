@@ -341,3 +341,8 @@ Index("ix_verdicts_rejected", verdicts.c.attempt_id, verdicts.c.passed, verdicts
       sqlite_where=text("passed = 0"), postgresql_where=text("passed = 0"))
 Index("ix_job_state_cell", job_state.c.l1, job_state.c.pattern, job_state.c.level,
       job_state.c.state, job_state.c.spend_usd, job_state.c.attempts)
+# Indexes keyed by attempt for per-attempt lookups in the reports (migration 0003).
+Index("ix_attempt_outcomes_attempt_cost", attempt_outcomes.c.attempt_id,
+      attempt_outcomes.c.model_served, attempt_outcomes.c.cost_usd,
+      attempt_outcomes.c.prompt_tokens, attempt_outcomes.c.completion_tokens)
+Index("ix_acceptances_attempt_verdict", acceptances.c.attempt_id, acceptances.c.verdict_id)
