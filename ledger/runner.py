@@ -218,7 +218,9 @@ class Runner:
             l1_name=job.l1.capitalize(), level=job.level, persona=job.persona, topic=job.topic,
             pattern_name=job.pattern.replace("_", " "), erroneous=job.erroneous,
             correct=job.correct))
-        prompt_tokens = estimate_prompt_tokens(messages)
+        # Rounded up to a 64-token step: reservations err high, and jobs of about the same size
+        # reserve the same, so a budget that stopped one run stops the next one too.
+        prompt_tokens = -(-estimate_prompt_tokens(messages) // 64) * 64
         reasons: list[str] = []
         for position, model in enumerate(self.config.models):
             result = self._try_model(job, model, position, messages, prompt_tokens)

@@ -48,13 +48,15 @@ def _fault_point(value: str | None) -> tuple[int, str] | None:
 class _Pending:
     """One write waiting to share a transaction with others (group commit)."""
 
-    __slots__ = ("op", "done", "value", "error")
+    __slots__ = ("op", "done", "value", "error", "lead", "wake")
 
     def __init__(self, op: Callable[[Tx], Any]) -> None:
         self.op = op
         self.done = False
         self.value: Any = None
         self.error: BaseException | None = None
+        self.lead = False  # woken to lead the next group rather than because it is done
+        self.wake = threading.Event()
 
 
 class Store:
@@ -67,6 +69,7 @@ class Store:
         self._lock = threading.Lock()
         self._conn: Connection | None = None
         self._pending: list[_Pending] = []
+        self._leading = False  # a thread is committing groups; newcomers queue and wait
         self._yield_s = 0.001 if ledger.dialect == "sqlite" else 0.0
         self._pending_lock = threading.Lock()
         self._fault = _fault_point(os.environ.get(FAULT_ENV))
@@ -125,8 +128,16 @@ class Store:
         item = _Pending(op)
         with self._pending_lock:
             self._pending.append(item)
-        with self._lock:
-            if not item.done:
+            lead = not self._leading
+            self._leading = True
+        if not lead:
+            # Sleep until our write is committed, or until we are handed the lead. Each waiter
+            # is woken once, directly: no convoy of threads taking a lock in turn to learn that
+            # their write is already done.
+            item.wake.wait()
+        if not item.done:
+            with self._lock:
+                # Taken under the lock: whatever queued while we waited for it joins the group.
                 with self._pending_lock:
                     batch, self._pending = self._pending, []
                 self._run_batch(batch)
@@ -136,6 +147,16 @@ class Store:
                     # polls in millisecond sleeps) can take the write lock; our writers pile
                     # into the next group meanwhile. A lone writer leaves gaps anyway.
                     time.sleep(self._yield_s)
+            for other in batch:
+                if other is not item:
+                    other.wake.set()
+            with self._pending_lock:
+                if self._pending:
+                    nxt = self._pending[0]
+                    nxt.lead = True
+                    nxt.wake.set()
+                else:
+                    self._leading = False
         if item.error is not None:
             raise item.error
         return item.value  # type: ignore[no-any-return]
