@@ -8,6 +8,7 @@ takes the write lock up front (BEGIN IMMEDIATE) so two writers never deadlock on
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import sys
 from dataclasses import dataclass
@@ -179,6 +180,32 @@ def _alembic_config(connection=None):  # type: ignore[no-untyped-def]
 
 
 def head_revision() -> str:
+    """The newest migration's revision id, read from the migration files' text.
+
+    Alembic's ScriptDirectory costs an open a quarter of a second of imports, and every command
+    opens a ledger; it is asked only when the files do not name exactly one head.
+    """
+    return _head_from_files(ROOT / "migrations" / "versions") or _alembic_head()
+
+
+_REVISION_LINE = re.compile(r"^(down_revision|revision)\s*=\s*['\"]([^'\"]*)['\"]", re.M)
+
+
+def _head_from_files(versions: Path) -> str | None:
+    """The one revision no migration file names as its parent; None when that is not clear
+    (a merge revision's tuple of parents, say), so that alembic decides."""
+    revisions, parents = set(), set()
+    for path in versions.glob("*.py"):
+        found = dict(_REVISION_LINE.findall(path.read_text(encoding="utf-8")))
+        if "revision" not in found:
+            return None
+        revisions.add(found["revision"])
+        parents.add(found.get("down_revision"))
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def _alembic_head() -> str:
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(_alembic_config()).get_current_head() or ""
@@ -199,9 +226,16 @@ def _current_revision(conn) -> str | None:  # type: ignore[no-untyped-def]
 
 def migrate(engine: Engine, *, quiet: bool = False) -> None:
     """Bring the schema to head under the write lock, so parallel openers do not race."""
+    head = head_revision()
+    # A ledger at head (nearly every open) is confirmed from a read snapshot, so a command
+    # never queues behind a run's writes just to learn that there is nothing to migrate.
+    with engine.connect() as conn:
+        current = _current_revision(conn)
+        conn.rollback()
+    if current == head:
+        return
     from alembic import command
 
-    head = head_revision()
     with write_connection(engine) as conn:
         current = _current_revision(conn)
         conn.rollback()

@@ -232,7 +232,6 @@ job_state = Table(
 # The partial index keeps "next open job" cheap when almost every job is already done.
 Index("ix_job_state_open", job_state.c.seq, sqlite_where=text("state = 'open'"),
       postgresql_where=text("state = 'open'"))
-Index("ix_job_state_l1_state", job_state.c.l1, job_state.c.state)
 
 open_attempts = Table(
     "open_attempts",
@@ -346,3 +345,9 @@ Index("ix_attempt_outcomes_attempt_cost", attempt_outcomes.c.attempt_id,
       attempt_outcomes.c.model_served, attempt_outcomes.c.cost_usd,
       attempt_outcomes.c.prompt_tokens, attempt_outcomes.c.completion_tokens)
 Index("ix_acceptances_attempt_verdict", acceptances.c.attempt_id, acceptances.c.verdict_id)
+# Status reads counts and spend by (l1, state), and jobs in flight from the leased few
+# (migration 0004; the first replaces 0001's (l1, state) index, its prefix).
+Index("ix_job_state_l1_state_spend", job_state.c.l1, job_state.c.state, job_state.c.spend_usd)
+Index("ix_job_state_leased", job_state.c.lease_owner,
+      sqlite_where=text("lease_owner IS NOT NULL"),
+      postgresql_where=text("lease_owner IS NOT NULL"))

@@ -1,9 +1,11 @@
-"""Two `run` processes on one ledger share the work: no job is worked twice, nothing is locked out.
+"""Parallel `run` processes on one ledger share the work: no job is worked twice, nothing is
+locked out.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,7 +22,7 @@ from ledger.simulator import SimConfig, Simulator
 from ledger.store import Store
 
 KEY = "sk-or-v1-two-runs-key-31c4"
-JOBS = 60
+JOBS_PER_RUN = 30
 
 
 @pytest.fixture
@@ -50,17 +52,20 @@ def query(ledger_path: Path, sql: str) -> list[tuple[Any, ...]]:
         conn.close()
 
 
-def test_two_runs_on_one_ledger_never_work_the_same_job(tmp_path: Path, sim: Simulator) -> None:
+@pytest.mark.parametrize("n_runs", [2, 4])
+def test_parallel_runs_on_one_ledger_never_work_the_same_job(tmp_path: Path, sim: Simulator,
+                                                             n_runs: int) -> None:
     ledger_path = tmp_path / "ledger.db"
+    jobs = JOBS_PER_RUN * n_runs
     ledger = open_ledger(str(ledger_path))
     store = Store(ledger)
-    store.plan_jobs(make_jobs(JOBS))
+    store.plan_jobs(make_jobs(jobs))
     store.close()
     ledger.dispose()
 
-    procs = [start_run(sim, ledger_path) for _ in range(2)]
+    procs = [start_run(sim, ledger_path) for _ in range(n_runs)]
     try:
-        outputs = [p.communicate(timeout=120) for p in procs]
+        outputs = [p.communicate(timeout=180) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
@@ -70,25 +75,29 @@ def test_two_runs_on_one_ledger_never_work_the_same_job(tmp_path: Path, sim: Sim
         assert "database is locked" not in err.lower()
         assert "stopped: done" in out
 
-    assert query(ledger_path, "SELECT COUNT(*) FROM acceptances") == [(JOBS,)]
+    assert query(ledger_path, "SELECT COUNT(*) FROM acceptances") == [(jobs,)]
+    assert query(ledger_path, "SELECT COUNT(DISTINCT job_id) FROM acceptances") == [(jobs,)]
     assert query(ledger_path, "SELECT state, COUNT(*) FROM job_state GROUP BY state") == [
-        ("accepted", JOBS)]
+        ("accepted", jobs)]
     runs_by_job: dict[str, set[str]] = defaultdict(set)
     for job_id, run_id in query(ledger_path, "SELECT job_id, run_id FROM attempts"):
         runs_by_job[job_id].add(run_id)
-    # Leases last far longer than this test: no job was ever taken from the other run.
+    # Leases last far longer than this test: no job was ever taken from another run.
     assert all(len(runs) == 1 for runs in runs_by_job.values())
-    assert len(runs_by_job) == JOBS
+    assert len(runs_by_job) == jobs
     # Every request the server saw is recorded once.
     assert query(ledger_path, "SELECT COUNT(*) FROM attempts") == [(sim.stats()["requests"],)]
     assert query(ledger_path, "SELECT COUNT(*) FROM open_attempts") == [(0,)]
     stops = query(ledger_path, "SELECT reason, exit_code FROM run_stops")
-    assert stops == [("done", 0), ("done", 0)]
-    # Both really worked (the test would prove nothing if one started after the other ended).
+    assert stops == [("done", 0)] * n_runs
+    assert query(ledger_path, "SELECT COUNT(*) FROM runs") == [(n_runs,)]
+    # At least two really worked side by side (the test would prove nothing if each started
+    # after the last ended). A run that starts late may legitimately find every job taken.
     per_run = query(ledger_path, "SELECT run_id, COUNT(*) FROM acceptances acc "
                                  "JOIN attempts a ON a.attempt_id = acc.attempt_id "
                                  "GROUP BY run_id")
-    assert len(per_run) == 2 and all(n > 0 for _, n in per_run)
+    assert sum(n for _, n in per_run) == jobs
+    assert len([n for _, n in per_run if n > 0]) >= 2
 
 
 def test_a_lease_from_another_host_is_respected_until_it_expires(tmp_path: Path, sim: Simulator,
@@ -121,3 +130,33 @@ def test_a_lease_from_another_host_is_respected_until_it_expires(tmp_path: Path,
     finally:
         store.close()
         ledger.dispose()
+
+
+def test_status_counts_only_live_unexpired_leases_as_in_flight(tmp_path: Path) -> None:
+    from ledger.queries import status
+
+    ledger = open_ledger(str(tmp_path / "ledger.db"))
+    store = Store(ledger)
+    try:
+        store.plan_jobs(make_jobs(3, l1="korean") + make_jobs(5))
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone.wait()
+        now = time.time()
+        store.start_run("elsewhere", "another-host", os.getpid(), "p", "f", {})
+        store.start_run("dead-here", socket.gethostname(), gone.pid, "p", "f", {})
+        store.start_run("lapsed", "another-host", os.getpid(), "p", "f", {})
+        live = store.claim("elsewhere", 4, now, lease_s=600)
+        store.claim("dead-here", 2, now, lease_s=600)  # its process is gone: not in flight
+        store.claim("lapsed", 1, now - 700, lease_s=600)  # its lease ran out 100 s ago
+        st = status(ledger, now=now)
+    finally:
+        store.close()
+        ledger.dispose()
+    expected = {"korean": sum(j.l1 == "korean" for j in live),
+                "spanish": sum(j.l1 == "spanish" for j in live)}
+    assert expected == {"korean": 3, "spanish": 1}
+    assert {r.l1: r.in_flight for r in st.by_l1} == expected
+    assert st.total.in_flight == 4
+    assert [(r.l1, r.planned, r.remaining, r.accepted, r.failed) for r in st.by_l1] == [
+        ("korean", 3, 3, 0, 0), ("spanish", 5, 5, 0, 0)]
+    assert (st.total.planned, st.total.remaining) == (8, 8)
