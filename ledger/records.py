@@ -45,6 +45,7 @@ class AttemptStart:
     attempt_id: int | None = None
     attempt_no: int | None = None
     refused: str | None = None  # 'budget' | 'lease_lost' | 'done'
+    open_mine: int = 0  # with 'budget': this run's attempts still open (they may free room)
 
 
 @dataclass(frozen=True)

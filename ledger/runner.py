@@ -18,13 +18,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import queries
 from .client import CallOutcome, OpenRouterClient
 from .db import Ledger
 from .dialogue import to_messages
 from .filters import FILTER_VERSION, FilterConfig, judge
 from .pricing import PriceBook, estimate_prompt_tokens
 from .prompts import PROMPT_VERSION, PromptInput, render_messages
-from .records import ClaimedJob, OutcomeRecord, VerdictRecord
+from .records import AttemptStart, ClaimedJob, OutcomeRecord, VerdictRecord
 from .retry import Cooldown, RateLimiter, backoff_delay
 from .store import Store
 
@@ -138,6 +139,7 @@ class Runner:
         self._in_flight = 0
         self._flight = threading.Condition()
         self._claimed_total = 0
+        self._budget_skipped = 0  # attempts on dearer fallbacks the budget could not cover
         self.crash: BaseException | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -167,6 +169,10 @@ class Runner:
     def _finish(self) -> RunResult:
         reason = self.halt.reason or "done"
         message = self.halt.message or "no open job left"
+        if reason == "done" and self._budget_skipped:
+            reason = "budget"
+            message = (f"budget of ${self.config.budget_usd:.6f} reached for the fallback models: "
+                       f"{self._budget_skipped} attempt(s) wait for a larger --budget-usd")
         with self._queue_lock:
             held = sorted(self._held)
         self.store.release(self.run_id, held)
@@ -222,23 +228,37 @@ class Runner:
         # reserve the same, so a budget that stopped one run stops the next one too.
         prompt_tokens = -(-estimate_prompt_tokens(messages) // 64) * 64
         reasons: list[str] = []
+        # A resumed job picks its chain up where an earlier run left it: a model it already
+        # used up is not paid for again.
+        history = (queries.model_history(self.ledger, job.job_id, FILTER_VERSION)
+                   if job.last_attempt_no else {})
         for position, model in enumerate(self.config.models):
-            result = self._try_model(job, model, position, messages, prompt_tokens)
+            used = history.get(model, (0, 0, 0))
+            if (used[2] or used[0] >= self.config.tries_per_model
+                    or used[1] >= self.config.rejections_per_model):
+                reasons.append(f"{model}: used up in an earlier run")
+                continue
+            result = self._try_model(job, model, position, messages, prompt_tokens,
+                                     transient=used[0], rejections=used[1])
             if result in ("accepted", "gone"):
                 return True
             if result == "halt":
                 return False
             reasons.append(f"{model}: {result}")
+        if any(r.endswith(": budget") for r in reasons):
+            return False  # a model was out of budget, not out of luck: left open for later
         self.store.fail_job(job.job_id, self.run_id, reasons)
         self._count(failed_jobs=1)
         return True
 
     def _try_model(self, job: ClaimedJob, model: str, position: int,
-                   messages: list[dict[str, str]], prompt_tokens: int) -> str:
-        """Tries on one model. Returns 'accepted', 'gone' (someone else finished the job),
-        'halt', or the reason this model gave up (for the failure record)."""
-        transient = rejections = 0
+                   messages: list[dict[str, str]], prompt_tokens: int, *, transient: int = 0,
+                   rejections: int = 0) -> str:
+        """Tries on one model, counting on from earlier runs' tries. Returns 'accepted', 'gone'
+        (someone else finished the job), 'halt', or why this model gave up (for the record)."""
         reserve = self.prices.max_cost(model, prompt_tokens, self.config.max_tokens)
+        cheapest = min(self.prices.max_cost(m, prompt_tokens, self.config.max_tokens)
+                       for m in self.config.models)
         while True:
             if self.halt.event.is_set():
                 return "halt"
@@ -246,9 +266,11 @@ class Runner:
             self.limiter.acquire(self.halt.event)
             if self.halt.event.is_set():
                 return "halt"
-            start = self._begin(job, model, position, reserve)
+            start = self._begin(job, model, position, reserve, cheapest)
             if start is None:
                 return "halt"
+            if start.refused == "budget":
+                return "budget"
             if start.refused:
                 return "gone"
             outcome = self._call(model, messages, start.attempt_id, job)
@@ -285,9 +307,11 @@ class Runner:
             if self.halt.event.wait(delay):
                 return "halt"
 
-    def _begin(self, job: ClaimedJob, model: str, position: int, reserve: float):  # type: ignore[no-untyped-def]
+    def _begin(self, job: ClaimedJob, model: str, position: int, reserve: float,  # type: ignore[no-untyped-def]
+               cheapest: float):
         """Commit the attempt's intent; wait while the budget is held by our own requests in
-        flight, stop the run when the budget is truly spent. None means halt."""
+        flight. The budget is reached when even the cheapest model of the chain no longer fits:
+        then the run stops, so a rerun with the same budget sends nothing. None means halt."""
         while True:
             start = self.store.begin_attempt(
                 job.job_id, self.run_id, model, position, PROMPT_VERSION, self.config.max_tokens,
@@ -298,11 +322,18 @@ class Runner:
                         self._in_flight += 1
                 return start
             with self._flight:
-                if self._in_flight == 0:
+                # Counted in the same transaction as the refusal: a worker whose intent shares
+                # our group commit is already in flight there, before it counts itself here.
+                if start.open_mine == 0:
+                    if reserve > cheapest + 1e-15:
+                        # Only this dearer fallback does not fit: the job waits for a larger
+                        # budget while the cheaper models go on with other jobs.
+                        self._budget_skipped += 1
+                        return AttemptStart(refused="budget")
                     self.halt.stop("budget", f"budget of ${self.config.budget_usd:.6f} reached "
                                    "(spend plus requests that may still be billed)")
                     return None
-                self._flight.wait(1.0)  # our requests in flight may free their reservation
+                self._flight.wait(0.05)  # our requests in flight may free their reservation
             if self.halt.event.is_set():
                 return None
 

@@ -33,6 +33,7 @@ _STORE_SQL = {
                  "{for_update}",
     "job_state_of": "SELECT state FROM job_state WHERE job_id = ?",
     "sum_open_reserved": "SELECT SUM(reserved_usd) FROM open_attempts",
+    "count_open_of_run": "SELECT COUNT(*) FROM open_attempts WHERE run_id = ?",
     "insert_open_attempt": "INSERT INTO open_attempts (attempt_id, job_id, run_id, reserved_usd) "
                            "VALUES (?, ?, ?, ?)",
     "delete_open_attempt": "DELETE FROM open_attempts WHERE attempt_id = ?",

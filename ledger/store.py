@@ -261,7 +261,8 @@ class Store:
             if budget_usd is not None:
                 reserved = tx.run("sum_open_reserved").scalar() or 0.0
                 if tx.spend_usd + reserved + reserved_usd > budget_usd + 1e-12:
-                    return AttemptStart(refused="budget")
+                    mine = tx.run("count_open_of_run", (run_id,)).scalar() or 0
+                    return AttemptStart(refused="budget", open_mine=int(mine))
             attempt_id = tx.allocate_id()
             attempt_no = last_no + 1
             tx.append(schema.attempts, (attempt_id, job_id, attempt_no, run_id, model,
