@@ -427,3 +427,41 @@ def test_an_in_flight_402_without_retry_after_stops_the_run(ledger, store) -> No
     assert only.error_class == "credit_in_flight" and only.retry_after_s is None
     assert [(s.reason, s.limit_source) for s in stops(ledger)] == [
         ("credit", "openrouter_in_flight_budget")]
+
+
+# --- resuming a chain and a budget that only the dearer models exceed ----------------------
+
+def test_a_resumed_job_continues_its_chain_where_the_last_run_left_it(ledger, store,
+                                                                      start_sim) -> None:
+    store.plan_jobs(make_jobs(1))
+    sim = start_sim()
+    # Run 1: model A is used up by two quality rejections, then B answers 402: the run stops.
+    sim.script(["correction", "correction", "402_credits"])
+    first = go(ledger, sim, models=(A, B, C), rejections_per_model=2)
+    assert first.reason == "credit"
+    before = len(attempts(ledger))
+    # Run 2 (after a top-up) must not pay model A again for the same job: it starts at B.
+    second = go(ledger, sim, models=(A, B, C), rejections_per_model=2)
+    assert second.reason == "done"
+    new = attempts(ledger)[before:]
+    assert [a.model_requested for a in new] == [B]
+    assert new[0].accepted_job == make_jobs(1)[0].job_id
+
+
+def test_budget_stops_only_when_the_cheapest_model_no_longer_fits(ledger, store,
+                                                                  start_sim) -> None:
+    store.plan_jobs(make_jobs(3))
+    sim = start_sim()
+    # The first job is rejected twice on A and would need B, which this budget cannot cover;
+    # the other jobs still fit on A, so the run goes on with them instead of stopping.
+    sim.script(["correction", "correction"])
+    result = go(ledger, sim, models=(A, B), rejections_per_model=2, budget_usd=0.0006)
+    assert result.reason == "budget" and result.exit_code == 4
+    states = job_states(ledger)
+    assert sorted(states.values()) == ["accepted", "accepted", "open"]
+    assert all(a.model_requested == A for a in attempts(ledger))
+    assert spend(ledger) <= 0.0006
+    # A rerun with the same budget sends nothing more.
+    requests = sim.stats()["requests"]
+    again = go(ledger, sim, models=(A, B), rejections_per_model=2, budget_usd=0.0006)
+    assert again.exit_code == 4 and sim.stats()["requests"] == requests
