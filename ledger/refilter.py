@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from . import queries
 from .db import Ledger
 from .filters import FILTER_VERSION, FilterConfig, judge
-from .runner import verdict_record
+from .outcomes import verdict_record
 from .store import Store
 
 PAGE = 2000
