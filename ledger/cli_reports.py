@@ -6,15 +6,12 @@ a running `run` needs. A ledger whose schema predates the report views is upgrad
 
 from __future__ import annotations
 
-import re
 import sys
-from pathlib import Path
 from typing import Any
 
 from .commands import integer, names
 from .errors import UsageError
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations" / "versions"
 
 
 class ReportCommands:
@@ -114,9 +111,8 @@ class ReportCommands:
         ledger = self._open(readonly=True)  # type: ignore[attr-defined]
         with ledger.engine.connect() as conn:
             current = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
-        # The newest migration file answers the common case without importing alembic, which
-        # costs a report a quarter of a second; anything else is for alembic to judge.
-        if current is not None and (current == newest_revision() or current == head_revision()):
+        # head_revision reads the migration files' text, so a report at head imports no alembic.
+        if current is not None and current == head_revision():
             return ledger
         ledger.dispose()
         self._open().dispose()  # type: ignore[attr-defined]
@@ -133,22 +129,6 @@ class ReportCommands:
         finally:
             ledger.dispose()
         return f"wrote {path} ({size:,} bytes)"
-
-
-_REVISION = re.compile(r"^(down_revision|revision)\s*=\s*['\"]([^'\"]*)['\"]", re.M)
-
-
-def newest_revision(versions: Path = MIGRATIONS) -> str | None:
-    """The one revision no migration file names as its parent, read from the files' text;
-    None when the folder has no single head."""
-    revisions, parents = set(), set()
-    for path in versions.glob("*.py"):
-        found = dict(_REVISION.findall(path.read_text(encoding="utf-8")))
-        if "revision" in found:
-            revisions.add(found["revision"])
-            parents.add(found.get("down_revision"))
-    heads = revisions - parents
-    return heads.pop() if len(heads) == 1 else None
 
 
 def _sql_error(message: str) -> str:

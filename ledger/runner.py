@@ -136,7 +136,6 @@ class Runner:
         self._queue_lock = threading.Lock()
         self._exhausted = False
         self._held: set[str] = set()       # jobs leased by this run and not finished
-        self._in_flight = 0
         self._flight = threading.Condition()
         self._claimed_total = 0
         self._budget_skipped = 0  # attempts on dearer fallbacks the budget could not cover
@@ -317,9 +316,6 @@ class Runner:
                 job.job_id, self.run_id, model, position, PROMPT_VERSION, self.config.max_tokens,
                 reserve, self.config.budget_usd, time.time(), self.config.lease_s)
             if start.refused != "budget":
-                if start.refused is None:
-                    with self._flight:
-                        self._in_flight += 1
                 return start
             with self._flight:
                 # Counted in the same transaction as the refusal: a worker whose intent shares
@@ -353,8 +349,7 @@ class Runner:
 
     def _landed(self) -> None:
         with self._flight:
-            self._in_flight -= 1
-            self._flight.notify_all()
+            self._flight.notify_all()  # wakes a worker waiting for budget room
 
     def _record(self, job: ClaimedJob, model: str, attempt_id: int, outcome: CallOutcome,
                 prompt_tokens: int) -> tuple[str, str]:
