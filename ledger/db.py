@@ -25,7 +25,6 @@ from .errors import DatabaseError, SchemaTooNewError
 DEFAULT_DB = "ledger.db"
 BUSY_TIMEOUT_MS = 30_000
 ROOT = Path(__file__).resolve().parent.parent
-SQLITE_HEADER = b"SQLite format 3\x00"
 # Any fixed 64-bit number, the same in every process: the key of the migration advisory lock.
 MIGRATE_LOCK_KEY = 0x5CAFF01D1ED6E4
 WRITE_OPTION = "ledger_write"
@@ -46,13 +45,10 @@ def _check_sqlite_file(path: str) -> None:
     if p.exists():
         if p.stat().st_size == 0:
             return
-        try:
-            with open(p, "rb") as fh:
-                head = fh.read(16)
-        except PermissionError:
+        if not os.access(p, os.R_OK):
             raise DatabaseError(f"cannot read {path}: permission denied; fix its permissions "
-                                "or pass --db another path") from None
-        if head != SQLITE_HEADER:
+                                "or pass --db another path")
+        if not _is_sqlite_file(p):
             raise DatabaseError(f"{path} is not a SQLite database; pass --db a ledger file or a "
                                 "new path")
         return
@@ -63,6 +59,29 @@ def _check_sqlite_file(path: str) -> None:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise DatabaseError(f"directory {parent} is not writable; pass --db a path in a "
                             "writable directory")
+
+
+def _is_sqlite_file(path: Path) -> bool:
+    """Whether SQLite can read the file's header, asked of SQLite itself.
+
+    Never open() the ledger file directly: closing any descriptor of a file drops every POSIX
+    lock this process holds on it, those of ledger connections already open here included, and
+    another process closing its last connection would then think itself the last user and
+    delete the WAL and shared-memory files under them (reads fail with SQLITE_IOERR_SHORT_READ).
+    SQLite keeps such descriptors open until its own locks go.
+    """
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        try:
+            conn.execute("PRAGMA schema_version").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_NOTADB:
+            return False
+        raise DatabaseError(f"cannot read {path}: {exc}; check the file and its directory") \
+            from None
+    return True
 
 
 def _install_sqlite_settings(engine: Engine) -> None:

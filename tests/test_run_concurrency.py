@@ -160,3 +160,25 @@ def test_status_counts_only_live_unexpired_leases_as_in_flight(tmp_path: Path) -
     assert [(r.l1, r.planned, r.remaining, r.accepted, r.failed) for r in st.by_l1] == [
         ("korean", 3, 3, 0, 0), ("spanish", 5, 5, 0, 0)]
     assert (st.total.planned, st.total.remaining) == (8, 8)
+
+
+def test_opening_the_ledger_twice_in_one_process_keeps_its_wal_safe_from_other_processes(
+        tmp_path: Path) -> None:
+    """A second open of the same file in a process must not drop the locks its first
+    connections hold: otherwise another process, closing its last connection, believes it is
+    the last user and deletes the WAL and shared memory under them."""
+    from conftest import run_cli
+
+    path = tmp_path / "ledger.db"
+    first = open_ledger(str(path))
+    store = Store(first)
+    store.plan_jobs(make_jobs(3))
+    store.close()
+    second = open_ledger(str(path))
+    second.dispose()
+    done = run_cli("plan", "--target", "6", "--db", str(path))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "ledger.db-wal").exists() and (tmp_path / "ledger.db-shm").exists()
+    with first.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT COUNT(*) FROM jobs").scalar() == 6
+    first.dispose()
