@@ -25,7 +25,7 @@ from .filters import FILTER_VERSION, FilterConfig, judge
 from .pricing import PriceBook, estimate_prompt_tokens
 from .prompts import PROMPT_VERSION, PromptInput, render_messages
 from .outcomes import halt_reason, outcome_record, verdict_record
-from .records import AttemptStart, ClaimedJob, OutcomeRecord
+from .records import AttemptStart, ClaimedJob, OutcomeRecord, VerdictRecord
 from .retry import Cooldown, RateLimiter, backoff_delay
 from .store import Store
 
@@ -165,7 +165,14 @@ class Runner:
                 t.join()
         return self._finish()
 
+    def _crashed(self, exc: BaseException) -> None:
+        if self.crash is None:
+            self.crash = exc
+        self.halt.stop("error", f"{type(exc).__name__}: {exc}")
+
     def _finish(self) -> RunResult:
+        # Outcomes still queued for the writer are committed before the run's stop is.
+        self.store.flush()
         reason = self.halt.reason or "done"
         message = self.halt.message or "no open job left"
         if reason == "done" and self._budget_skipped:
@@ -207,8 +214,7 @@ class Runner:
             try:
                 finished = self._process(job)
             except BaseException as exc:  # a worker must not die silently
-                self.crash = exc
-                self.halt.stop("error", f"{type(exc).__name__}: {exc}")
+                self._crashed(exc)
                 return
             if finished:
                 with self._queue_lock:
@@ -289,8 +295,6 @@ class Runner:
                                                prompt_tokens)
             if verdict_state == "accepted":
                 return "accepted"
-            if verdict_state == "gone":
-                return "gone"
             if verdict_state == "rejected":
                 rejections += 1
                 if rejections >= self.config.rejections_per_model:
@@ -353,9 +357,11 @@ class Runner:
 
     def _record(self, job: ClaimedJob, model: str, attempt_id: int, outcome: CallOutcome,
                 prompt_tokens: int) -> tuple[str, str]:
-        """Store the outcome (+ verdict, acceptance) in one transaction.
+        """Queue the outcome (+ verdict, acceptance) as one transaction; the worker goes on
+        without waiting for its commit (the store's queue keeps its later writes after it).
 
-        Returns ('accepted' | 'rejected' | 'gone' | 'error', last reason)."""
+        Returns ('accepted' | 'rejected' | 'error', last reason). 'accepted' means the job is
+        done: accepted by this attempt, or by another worker first (the commit decides)."""
         cost, source = self._cost(model, outcome, prompt_tokens)
         verdict_rec = None
         passed = False
@@ -367,9 +373,22 @@ class Runner:
             last = ",".join(v.reasons) or "passed"
             verdict_rec = verdict_record(v)
         record = outcome_record(outcome, cost, source)
-        accepted = self.store.finish_attempt(attempt_id, job.job_id, self.run_id, record,
-                                             verdict_rec, accept=passed)
-        self._landed()
+
+        def committed(accepted: bool, error: BaseException | None) -> None:
+            if error is not None:
+                self._crashed(error)
+            else:
+                self._count_outcome(model, outcome, cost, verdict_rec, accepted)
+            self._landed()
+
+        self.store.finish_attempt_later(attempt_id, job.job_id, self.run_id, record,
+                                        verdict_rec, passed, committed)
+        if verdict_rec is None:
+            return "error", last
+        return ("accepted" if passed else "rejected"), last
+
+    def _count_outcome(self, model: str, outcome: CallOutcome, cost: float,
+                       verdict_rec: VerdictRecord | None, accepted: bool) -> None:
         with self._stats_lock:
             s = self.stats
             s.attempts += 1
@@ -380,19 +399,12 @@ class Runner:
             elif accepted:
                 s.accepted += 1
                 s.models[outcome.model_served or model] += 1
-            else:
+            elif not verdict_rec.passed:
                 s.rejected += 1
                 for r in verdict_rec.reasons:
                     s.rejections[r] += 1
         if self._on_progress is not None:
             self._on_progress(self.stats)
-        if verdict_rec is None:
-            return "error", last
-        if accepted:
-            return "accepted", last
-        if passed:
-            return "gone", last  # passed, but another worker accepted the job first
-        return "rejected", last
 
     def _cost(self, model: str, outcome: CallOutcome, prompt_tokens: int) -> tuple[float, str]:
         if outcome.cost_usd is not None:

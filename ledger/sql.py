@@ -26,6 +26,7 @@ _STORE_SQL = {
     "lease_job": "UPDATE job_state SET lease_owner = ?, lease_expires_at = ? WHERE job_id = ?",
     "release_job": "UPDATE job_state SET lease_owner = NULL, lease_expires_at = NULL "
                    "WHERE job_id = ? AND lease_owner = ?",
+    "run_stopped": "SELECT COUNT(*) FROM run_stops WHERE run_id = ?",
     "release_run_leases": "UPDATE job_state SET lease_owner = NULL, lease_expires_at = NULL "
                           "WHERE lease_owner = ?",
     # Locks the job's row where rows lock, so a concurrent claim skips it or is waited for.

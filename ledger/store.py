@@ -46,22 +46,31 @@ def _fault_point(value: str | None) -> tuple[int, str] | None:
 
 
 class _Pending:
-    """One write waiting to share a transaction with others (group commit)."""
+    """One write waiting for the writer thread to commit it together with others."""
 
-    __slots__ = ("op", "done", "value", "error", "lead", "wake")
+    __slots__ = ("op", "value", "error", "done", "callback")
 
-    def __init__(self, op: Callable[[Tx], Any]) -> None:
+    def __init__(self, op: Callable[[Tx], Any],
+                 callback: Callable[[Any, BaseException | None], None] | None) -> None:
         self.op = op
-        self.done = False
         self.value: Any = None
         self.error: BaseException | None = None
-        self.lead = False  # woken to lead the next group rather than because it is done
-        self.wake = threading.Event()
+        self.callback = callback
+        # A caller that waits gets an Event; one that handed over a callback does not wait.
+        self.done = threading.Event() if callback is None else None
 
 
 class Store:
     """Appends events. One write connection per process, serialised by a lock, so threads queue
-    here instead of spinning in SQLite's busy handler; other processes wait on BEGIN IMMEDIATE."""
+    here instead of spinning in SQLite's busy handler; other processes wait on BEGIN IMMEDIATE.
+
+    The run loop's writes go through a writer thread (group commit): every write queued while a
+    commit is under way joins the next transaction, so one fsync serves many workers. A worker
+    waits for the commit of an attempt's intent (it must precede the request) but not for an
+    outcome's: the queue is FIFO, so anything the worker writes next lands after it anyway.
+    """
+
+    _IDLE_EXIT_S = 2.0  # an idle writer thread ends; the next write starts a new one
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
@@ -69,17 +78,39 @@ class Store:
         self._lock = threading.Lock()
         self._conn: Connection | None = None
         self._pending: list[_Pending] = []
-        self._leading = False  # a thread is committing groups; newcomers queue and wait
+        self._queue_lock = threading.Lock()
+        self._has_work = threading.Condition(self._queue_lock)
+        self._drained = threading.Condition(self._queue_lock)
+        self._unfinished = 0  # queued or being committed
+        self._writer: threading.Thread | None = None
+        self._callback_error: BaseException | None = None
         self._yield_s = 0.001 if ledger.dialect == "sqlite" else 0.0
-        self._pending_lock = threading.Lock()
         self._fault = _fault_point(os.environ.get(FAULT_ENV))
         self._writes = 0
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        try:
+            self.flush()
+        finally:
+            with self._queue_lock:
+                writer, self._writer = self._writer, None
+                self._has_work.notify_all()
+            if writer is not None:
+                writer.join()
+            with self._lock:
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+
+    def flush(self) -> None:
+        """Wait until every queued write is committed (or has failed to its callback); raises
+        what a callback raised, if one did."""
+        with self._queue_lock:
+            while self._unfinished:
+                self._drained.wait()
+            error, self._callback_error = self._callback_error, None
+        if error is not None:
+            raise error
 
     @contextmanager
     def transaction(self, *, events: bool = True) -> Iterator[Tx]:
@@ -120,48 +151,74 @@ class Store:
                 pass
             raise
 
+    # --- group commit -----------------------------------------------------------------------
+
     def _combined(self, op: Callable[[Tx], T]) -> T:
-        """Run `op` in a write transaction shared with whatever other threads queued meanwhile
-        (group commit): one BEGIN IMMEDIATE and one fsync for the whole group, each op inside
-        its own savepoint so one failure does not undo the others. Returns only after the
-        commit, so a committed intent still precedes its request."""
-        item = _Pending(op)
-        with self._pending_lock:
-            self._pending.append(item)
-            lead = not self._leading
-            self._leading = True
-        if not lead:
-            # Sleep until our write is committed, or until we are handed the lead. Each waiter
-            # is woken once, directly: no convoy of threads taking a lock in turn to learn that
-            # their write is already done.
-            item.wake.wait()
-        if not item.done:
-            with self._lock:
-                # Taken under the lock: whatever queued while we waited for it joins the group.
-                with self._pending_lock:
-                    batch, self._pending = self._pending, []
-                self._run_batch(batch)
-                if self._yield_s and len(batch) > 1:
-                    # A busy writer (several threads queued) holds its own queue a moment after
-                    # each commit, so another process waiting in SQLite's busy handler (which
-                    # polls in millisecond sleeps) can take the write lock; our writers pile
-                    # into the next group meanwhile. A lone writer leaves gaps anyway.
-                    time.sleep(self._yield_s)
-            for other in batch:
-                if other is not item:
-                    other.wake.set()
-            with self._pending_lock:
-                if self._pending:
-                    nxt = self._pending[0]
-                    nxt.lead = True
-                    nxt.wake.set()
-                else:
-                    self._leading = False
+        """Run `op` in a group-committed write transaction and return its result once committed
+        (so a committed intent precedes its request)."""
+        item = self._submit(op, None)
+        assert item.done is not None
+        item.done.wait()
         if item.error is not None:
             raise item.error
         return item.value  # type: ignore[no-any-return]
 
+    def _submit(self, op: Callable[[Tx], Any],
+                callback: Callable[[Any, BaseException | None], None] | None) -> _Pending:
+        item = _Pending(op, callback)
+        with self._queue_lock:
+            self._pending.append(item)
+            self._unfinished += 1
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, name="ledger-writer",
+                                                daemon=True)
+                self._writer.start()
+            else:
+                self._has_work.notify()
+        return item
+
+    def _write_loop(self) -> None:
+        me = threading.current_thread()
+        while True:
+            with self._queue_lock:
+                while not self._pending and self._writer is me:
+                    if not self._has_work.wait(self._IDLE_EXIT_S) and not self._pending:
+                        if self._writer is me:
+                            self._writer = None
+                        return
+                if self._writer is not me and not self._pending:
+                    return
+            with self._lock:
+                # Taken under the store lock: whatever queued while we waited for it joins.
+                with self._queue_lock:
+                    batch, self._pending = self._pending, []
+                self._run_batch(batch)
+            for item in batch:
+                if item.done is not None:
+                    item.done.set()
+                else:
+                    self._deliver(item)
+            with self._queue_lock:
+                self._unfinished -= len(batch)
+                if not self._unfinished:
+                    self._drained.notify_all()
+            if self._yield_s and len(batch) > 1:
+                # A busy writer leaves a moment between commits, so another process waiting in
+                # SQLite's busy handler (which polls in millisecond sleeps) can take the write
+                # lock; our writes pile into the next group meanwhile.
+                time.sleep(self._yield_s)
+
+    def _deliver(self, item: _Pending) -> None:
+        assert item.callback is not None
+        try:
+            item.callback(item.value, item.error)
+        except BaseException as exc:  # noqa: BLE001 - must not stop the writer; flush() raises it
+            if self._callback_error is None:
+                self._callback_error = exc
+
     def _run_batch(self, batch: list[_Pending]) -> None:
+        """One transaction for the whole batch; each op in its own savepoint, so one failure
+        does not undo the others."""
         try:
             with self._transaction_locked() as tx:
                 if len(batch) == 1:
@@ -180,9 +237,6 @@ class Store:
         except BaseException as exc:  # the commit itself failed: nobody's write happened
             for item in batch:
                 item.error, item.value = exc, None
-        finally:
-            for item in batch:
-                item.done = True
 
     def _maybe_crash(self, phase: str) -> None:
         if self._fault is None:
@@ -219,6 +273,8 @@ class Store:
         now = utc_now()
         with self.transaction() as tx:
             for dead in dead_runs:
+                if tx.run("run_stopped", (dead,)).scalar():
+                    continue  # another run found it dead first
                 tx.append(schema.run_stops, (dead, now, "died", -9, None,
                                              f"process gone; found by run {run_id}"))
                 tx.run("release_run_leases", (dead,))
@@ -281,25 +337,18 @@ class Store:
         """Record an attempt's outcome (and verdict), and accept or fail its job, atomically.
 
         Returns True when the job was accepted by this call."""
+        return self._combined(_finish_op(attempt_id, job_id, run_id, outcome, verdict, accept,
+                                         fail_reasons))
 
-        def op(tx: Tx) -> bool:
-            o = outcome
-            tx.append(schema.attempt_outcomes, (
-                attempt_id, utc_now(), o.http_status, o.error_class, o.error_code, o.error_type,
-                o.limit_source, o.retry_after_s, o.message, o.model_served, o.provider,
-                o.generation_id, o.prompt_tokens, o.completion_tokens, o.cost_usd,
-                o.cost_source, o.latency_ms, o.finish_reason, o.content))
-            tx.run("delete_open_attempt", (attempt_id,))
-            tx.spend_usd += o.cost_usd
-            tx.run("job_add_spend", (o.cost_usd, job_id))
-            verdict_id = _append_verdict(tx, attempt_id, verdict) if verdict else None
-            if accept and verdict_id is not None:
-                return _accept(tx, job_id, attempt_id, verdict_id)
-            if fail_reasons is not None:
-                _fail(tx, job_id, run_id, fail_reasons)
-            return False
-
-        return self._combined(op)
+    def finish_attempt_later(self, attempt_id: int, job_id: str, run_id: str | None,
+                             outcome: OutcomeRecord, verdict: VerdictRecord | None,
+                             accept: bool,
+                             callback: Callable[[bool, BaseException | None], None]) -> None:
+        """finish_attempt without waiting for the commit: `callback(accepted, error)` runs on
+        the writer thread once the transaction has committed (or failed). Writes this thread
+        queues afterwards commit after this one."""
+        self._submit(_finish_op(attempt_id, job_id, run_id, outcome, verdict, accept, None),
+                     callback)
 
     def fail_job(self, job_id: str, run_id: str | None, reasons: Sequence[str]) -> None:
         self._combined(lambda tx: _fail(tx, job_id, run_id, reasons))
@@ -352,6 +401,29 @@ class Store:
             tx.head_seq, tx.head_hash = row[0] or 0, row[1] or schema.GENESIS_HASH
             tx.next_id, tx.spend_usd = row[2] or 1, float(row[3] or 0.0)
             tx.dirty = True
+
+
+def _finish_op(attempt_id: int, job_id: str, run_id: str | None, outcome: OutcomeRecord,
+               verdict: VerdictRecord | None, accept: bool,
+               fail_reasons: Sequence[str] | None) -> Callable[[Tx], bool]:
+    def op(tx: Tx) -> bool:
+        o = outcome
+        tx.append(schema.attempt_outcomes, (
+            attempt_id, utc_now(), o.http_status, o.error_class, o.error_code, o.error_type,
+            o.limit_source, o.retry_after_s, o.message, o.model_served, o.provider,
+            o.generation_id, o.prompt_tokens, o.completion_tokens, o.cost_usd,
+            o.cost_source, o.latency_ms, o.finish_reason, o.content))
+        tx.run("delete_open_attempt", (attempt_id,))
+        tx.spend_usd += o.cost_usd
+        tx.run("job_add_spend", (o.cost_usd, job_id))
+        verdict_id = _append_verdict(tx, attempt_id, verdict) if verdict else None
+        if accept and verdict_id is not None:
+            return _accept(tx, job_id, attempt_id, verdict_id)
+        if fail_reasons is not None:
+            _fail(tx, job_id, run_id, fail_reasons)
+        return False
+
+    return op
 
 
 def _existing_job_ids(tx: Tx, ids: Sequence[str]) -> set[str]:
