@@ -36,6 +36,7 @@ does "It is raining" contain "Is raining".
 from __future__ import annotations
 
 import re
+from collections import Counter
 from functools import lru_cache
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -212,7 +213,18 @@ def count_questions(text: str) -> int:
 def correction_phrases_in(texts: Sequence[str], phrases: Sequence[str]) -> list[str]:
     """The phrases (as configured) that occur as whole words in any of texts."""
     haystack = "\n".join(texts).translate(_CURLY)
+    if not _any_phrase_pattern(tuple(phrases)).search(haystack):
+        return []  # the usual case, settled by one search instead of one per phrase
     return [phrase for phrase in phrases if _phrase_pattern(phrase).search(haystack)]
+
+
+@lru_cache(maxsize=64)
+def _any_phrase_pattern(phrases: tuple[str, ...]) -> re.Pattern[str]:
+    """Matches wherever one of the phrase patterns would (their alternation)."""
+    if not phrases:
+        return re.compile(r"(?!)")
+    return re.compile("|".join(f"(?:{_phrase_pattern(p).pattern})" for p in phrases),
+                      re.IGNORECASE)
 
 
 @lru_cache(maxsize=1024)
@@ -249,7 +261,10 @@ def _sentence_words(text: str) -> tuple[str, ...]:
     # Cached: one answer asks for the same turn's words from several rules.
     words: list[str] = []
     for token in _WORD.findall(text.translate(_CURLY).lower()):
-        words.extend(_expand_contraction(token))
+        if "'" in token or token == "cannot":
+            words.extend(_expand_contraction(token))
+        else:
+            words.append(token)  # most words: nothing to spell out
         if len(words) >= _MAX_WORDS:
             break
     return tuple(words[:_MAX_WORDS])
@@ -279,15 +294,37 @@ def containment(
     not worth computing exactly: any result under floor just means "no"."""
     if not target or not words:
         return 0.0
-    target_set = set(target)
-    if target_set.isdisjoint(words):
+    if set(target).isdisjoint(words):
         return 0.0
+    if floor > 0.0 and _ratio_bound(words, target) < floor:
+        return 0.0
+    discriminate = bool(foil) and list(foil) != list(target)
+    widen = _widen(target, foil)
+    # The common case first: the sentence word for word. A ratio of 1.0 is the best any stretch
+    # can score, so the first verbatim stretch the foil does not claim is the answer the full
+    # search would give.
+    n, first, target_t = len(target), target[0], tuple(target)
+    for start, word in enumerate(words):
+        if word == first and tuple(words[start:start + n]) == target_t and not (
+                discriminate and _foil_verbatim(words, start, start + n, widen, foil)):
+            return 1.0
+    return _search(words, target, foil, floor)
+
+
+def _widen(target: Sequence[str], foil: Sequence[str]) -> int:
+    # The foil may be longer (an inserted word such as "It is raining" vs "Is raining"):
+    # compare against the foil over a stretch widened by that many words on each side.
+    return max(1, len(foil) - len(target))
+
+
+def _search(words: Sequence[str], target: Sequence[str], foil: Sequence[str],
+            floor: float = 0.0) -> float:
+    """containment's full search over every stretch that starts and ends on a target word."""
+    target_set = set(target)
     discriminate = bool(foil) and list(foil) != list(target)
     required = _distinctive_words(target, foil) if discriminate else frozenset()
     slack = max(2, len(target) // 2)
-    # The foil may be longer (an inserted word such as "It is raining" vs "Is raining"):
-    # compare against the foil over a stretch widened by that many words on each side.
-    widen = max(1, len(foil) - len(target))
+    widen = _widen(target, foil)
     to_target = SequenceMatcher(None, autojunk=False)
     to_target.set_seq2(list(target))
     to_foil = SequenceMatcher(None, autojunk=False)
@@ -321,6 +358,15 @@ def containment(
     return best
 
 
+def _ratio_bound(words: Sequence[str], target: Sequence[str]) -> float:
+    """An upper bound on any stretch's ratio to target: a stretch matches at most the words it
+    shares with target (as a multiset, m of them) and is at least m words long, so its ratio
+    2 * matches / (len(stretch) + len(target)) is at most 2m / (m + len(target))."""
+    have = Counter(words)
+    shared = sum(min(count, have[word]) for word, count in Counter(target).items())
+    return 2.0 * shared / (shared + len(target))
+
+
 def _distinctive_words(target: Sequence[str], foil: Sequence[str]) -> frozenset[str]:
     """The target's words that the foil replaces or drops: "no" in "I no like coffee" against
     "I do not like coffee". A stretch lacking them is not the target, however similar."""
@@ -336,6 +382,14 @@ def _distinctive_cached(target: tuple[str, ...], foil: tuple[str, ...]) -> froze
         if tag in ("replace", "delete")
         for word in target[start:end]
     )
+
+
+def _foil_verbatim(words: Sequence[str], start: int, end: int, widen: int,
+                   foil: Sequence[str]) -> bool:
+    """Whether _foil_score would be 1.0: some widened stretch is the foil word for word."""
+    foil_t = tuple(foil)
+    return any(tuple(words[max(0, start - before):min(len(words), end + after)]) == foil_t
+               for before in range(widen + 1) for after in range(widen + 1))
 
 
 def _foil_score(

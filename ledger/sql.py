@@ -41,6 +41,11 @@ _STORE_SQL = {
     "job_attempt_started": "UPDATE job_state SET attempts = attempts + 1, last_attempt_no = ?, "
                            "lease_expires_at = ? WHERE job_id = ?",
     "job_add_spend": "UPDATE job_state SET spend_usd = spend_usd + ? WHERE job_id = ?",
+    # One statement settles the job and adds the accepted attempt's cost; no row changes when
+    # another worker accepted the job first.
+    "job_accept": "UPDATE job_state SET state = 'accepted', spend_usd = spend_usd + ?, "
+                  "lease_owner = NULL, lease_expires_at = NULL "
+                  "WHERE job_id = ? AND state <> 'accepted'",
     "job_set_state": "UPDATE job_state SET state = ?, lease_owner = NULL, "
                      "lease_expires_at = NULL WHERE job_id = ?",
     "select_failed": "SELECT job_id FROM job_state WHERE state = 'failed' ORDER BY seq",

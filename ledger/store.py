@@ -217,8 +217,20 @@ class Store:
                 self._callback_error = exc
 
     def _run_batch(self, batch: list[_Pending]) -> None:
-        """One transaction for the whole batch; each op in its own savepoint, so one failure
-        does not undo the others."""
+        """One transaction for the whole batch. Ops run one after another without savepoints
+        (each would cost two more statements); only when one of them raises is the batch rolled
+        back and run again with each op in its own savepoint, so one failure does not undo the
+        others."""
+        if len(batch) > 1:
+            try:
+                with self._transaction_locked() as tx:
+                    values = [item.op(tx) for item in batch]
+            except Exception:  # noqa: BLE001 - nothing committed; the careful path below decides
+                pass
+            else:
+                for item, value in zip(batch, values):
+                    item.value = value
+                return
         try:
             with self._transaction_locked() as tx:
                 if len(batch) == 1:
@@ -415,10 +427,11 @@ def _finish_op(attempt_id: int, job_id: str, run_id: str | None, outcome: Outcom
             o.cost_source, o.latency_ms, o.finish_reason, o.content))
         tx.run("delete_open_attempt", (attempt_id,))
         tx.spend_usd += o.cost_usd
-        tx.run("job_add_spend", (o.cost_usd, job_id))
         verdict_id = _append_verdict(tx, attempt_id, verdict) if verdict else None
-        if accept and verdict_id is not None:
-            return _accept(tx, job_id, attempt_id, verdict_id)
+        if accept and verdict_id is not None and _accept(tx, job_id, attempt_id, verdict_id,
+                                                         o.cost_usd):
+            return True
+        tx.run("job_add_spend", (o.cost_usd, job_id))
         if fail_reasons is not None:
             _fail(tx, job_id, run_id, fail_reasons)
         return False
@@ -452,11 +465,13 @@ def _append_verdict(tx: Tx, attempt_id: int, v: VerdictRecord) -> int:
     return verdict_id
 
 
-def _accept(tx: Tx, job_id: str, attempt_id: int, verdict_id: int) -> bool:
-    if tx.run("job_state_of", (job_id,)).scalar() == "accepted":
-        return False  # another worker got there first; the response stays as a spare
+def _accept(tx: Tx, job_id: str, attempt_id: int, verdict_id: int,
+            spend_usd: float = 0.0) -> bool:
+    """Accept the job and add `spend_usd` to it; False, changing nothing, when another worker
+    got there first (the response stays as a spare)."""
+    if not tx.run("job_accept", (spend_usd, job_id)).rowcount:
+        return False
     tx.append(schema.acceptances, (job_id, attempt_id, verdict_id, utc_now()))
-    tx.run("job_set_state", ("accepted", job_id))
     return True
 
 

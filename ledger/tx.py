@@ -71,6 +71,11 @@ class _Rows:
     def all(self) -> list[Any]:
         return list(self._cur.fetchall()) if self._cur is not None else []
 
+    @property
+    def rowcount(self) -> int:
+        """Rows an UPDATE or DELETE changed."""
+        return int(self._cur.rowcount) if self._cur is not None else 0
+
     def __iter__(self) -> Iterator[Any]:
         return iter(self.all())
 

@@ -432,3 +432,21 @@ def test_a_runaway_turn_is_rejected_as_too_long() -> None:
     assert not verdict.passed and "too_long" in verdict.reasons
     huge = sd.huge_content(pair, 0, size=50_000)
     assert "too_long" in judge(huge, "stop", pair.erroneous, pair.correct).reasons
+
+
+_VOCAB = st.sampled_from(["i", "no", "do", "not", "like", "coffee", "is", "it", "raining"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(words=st.lists(_VOCAB, max_size=14), target=st.lists(_VOCAB, min_size=1, max_size=5),
+       foil=st.lists(_VOCAB, max_size=6),
+       floor=st.sampled_from([0.0, 0.75, 0.9]))
+def test_containment_shortcuts_agree_with_the_full_search(words, target, foil, floor):
+    """The verbatim shortcut and the ratio bound only skip work: the score (or, under a floor,
+    the yes/no answer) is what the search over every stretch gives."""
+    fast = filters.containment(words, target, foil, floor)
+    full = filters._search(words, target, foil, floor) if words else 0.0
+    if floor == 0.0:
+        assert fast == full
+    else:
+        assert (fast >= floor) == (full >= floor)
