@@ -14,6 +14,8 @@ Formats:
 from __future__ import annotations
 
 import json
+import queue
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -57,6 +59,34 @@ JOIN attempt_outcomes o ON o.attempt_id = acc.attempt_id
 {where}
 ORDER BY j.seq"""
 _POSITION_SQL = text("SELECT head_seq, head_hash FROM ledger_totals WHERE id = 1")
+
+# On SQLite the metadata part of each line is spelled out by the query itself (json_quote),
+# so a row reaches Python as a few strings instead of ten values: building Python objects for
+# the columns, not the join, was most of an export's time. Keys in sorted order, as above.
+_LINE_FIELDS = (("attempt_id", "acc.attempt_id"), ("error_type", "json_quote(j.pattern)"),
+                ("filter_version", "json_quote(v.filter_version)"),
+                ("job_id", "json_quote(j.job_id)"), ("l1", "json_quote(j.l1)"),
+                ("level", "json_quote(j.level)"),
+                ("model", "json_quote(COALESCE(o.model_served, a.model_requested))"),
+                ("prompt_version", "json_quote(a.prompt_version)"),
+                ("source", "json_quote(j.source)"))
+_BODY_KEYS = {"messages": "messages", "sharegpt": "conversations", "chatml": "text"}
+# Strings whose JSON escaping must come out of json_quote exactly as out of Python's encoder
+# (checked on the connection before the query is trusted with a line).
+_QUOTE_PROBE = 'a"\\/\x00\x01\x08\t\n\x0b\x0c\r\x1f\x7f\x80\u00e9\u2028\u2029\ufeff\U0001f600z'
+
+
+def _line_parts_sql(fmt: str) -> tuple[str, str]:
+    """SQL expressions for the line up to the dialogue's value, and after it."""
+    body = _BODY_KEYS[fmt]
+    keys = sorted([name for name, _ in _LINE_FIELDS] + [body])
+    fields = dict(_LINE_FIELDS)
+    cut = keys.index(body)
+    # Each field's text starts with its separator: "{" for the line's first key, "," after.
+    pieces = [f"'{'{' if i == 0 else ','}\"{key}\":'" + (f" || {fields[key]}" if key != body
+                                                          else "")
+              for i, key in enumerate(keys)]
+    return " || ".join(pieces[:cut + 1]), " || ".join(pieces[cut + 1:] + ["'}'"])
 
 
 @dataclass(frozen=True)
@@ -133,15 +163,33 @@ def _accepted_statement(filters: ExportFilters) -> tuple[Any, dict[str, list[str
     return stmt, params
 
 
-def _sqlite_statement(filters: ExportFilters) -> tuple[str, list[str]]:
-    """The same query for the DBAPI cursor: qmark placeholders, one per value."""
+def _sqlite_statement(filters: ExportFilters, select: str | None = None
+                      ) -> tuple[str, list[str]]:
+    """The same query for the DBAPI cursor: qmark placeholders, one per value. `select`
+    replaces the column list."""
     clauses, params = [], []
     for column, _name, values in _filter_clauses(filters):
         marks = ",".join("?" * len(values))
         columns = column.split("|")
         clauses.append(" OR ".join(f"{c} IN ({marks})" for c in columns))
         params.extend(list(values) * len(columns))
-    return _ACCEPTED_SQL.format(where=_where(clauses)), params
+    sql = _ACCEPTED_SQL.format(where=_where(clauses))
+    if select is not None:
+        sql = "SELECT " + select + sql[sql.index("\nFROM jobs j"):]
+    return sql, params
+
+
+def _sqlite_line_select(fmt: str) -> str:
+    """Columns: the line's start, the stored messages, the line's end, filter version, prompt
+    version, attempt id. For the messages format the stored messages JSON goes in verbatim, so
+    the whole line is built by the query (NULL when the stored messages are not a JSON array)."""
+    head, tail = _line_parts_sql(fmt)
+    if fmt == "messages":
+        line = f"{head} || CASE WHEN v.messages_json LIKE '[%' THEN v.messages_json END || {tail}"
+        return f"{line}, NULL, NULL, v.filter_version, a.prompt_version, acc.attempt_id"
+    # Reshaping the dialogue itself is faster in Python than with SQLite's json_each.
+    return (f"{head}, v.messages_json, {tail}, v.filter_version, a.prompt_version, "
+            "acc.attempt_id")
 
 
 def _where(clauses: list[str]) -> str:
@@ -304,8 +352,99 @@ class _Written:
     prompt_versions: frozenset[str]
 
 
+class _Pipe:
+    """Hands batches to a second thread that hashes and writes them: hashlib and file writes
+    release the GIL, so they overlap the reading and formatting of the next batch."""
+
+    def __init__(self, sink: AtomicWriter) -> None:
+        self._sink = sink
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name="export-writer", daemon=True)
+        self._thread.start()
+
+    def write(self, data: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        self._queue.put(data)
+
+    def _drain(self) -> None:
+        while (data := self._queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self._sink.write(data)
+                except BaseException as exc:  # noqa: BLE001 - raised on the caller's thread
+                    self.error = exc
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+
+@contextmanager
+def _behind(sink: AtomicWriter) -> Iterator[_Pipe]:
+    pipe = _Pipe(sink)
+    try:
+        yield pipe
+    finally:
+        pipe.close()
+    if pipe.error is not None:
+        raise pipe.error
+
+
+def _quote_matches(dbapi_conn: Any) -> bool:
+    """Whether this SQLite's json_quote escapes exactly as Python's JSON encoder does."""
+    try:
+        row = dbapi_conn.execute("SELECT json_quote(?)", (_QUOTE_PROBE,)).fetchone()
+    except Exception:  # noqa: BLE001 - no JSON functions in this build: use the Python path
+        return False
+    return bool(row) and row[0] == _enc(_QUOTE_PROBE)
+
+
+def _write_sqlite_lines(ledger: Ledger, fmt: str, filters: ExportFilters,
+                        sink: AtomicWriter | _Pipe) -> tuple[LedgerPosition, _Written] | None:
+    """The export with lines built by the query; None (nothing written) when this SQLite's
+    json_quote cannot be trusted to give the Python encoder's bytes."""
+    with ledger.engine.connect() as conn, conn.begin():
+        dbapi_conn = conn.connection.dbapi_connection
+        if not _quote_matches(dbapi_conn):
+            return None
+        row = conn.execute(_POSITION_SQL).one()
+        position = LedgerPosition(int(row[0]), str(row[1]))
+        sql, values = _sqlite_statement(filters, _sqlite_line_select(fmt))
+        cursor = dbapi_conn.cursor()  # type: ignore[union-attr]
+        body = {"sharegpt": _sharegpt_json, "chatml": _chatml_json}.get(fmt)
+        count = 0
+        filter_versions: set[str] = set()
+        prompt_versions: set[str] = set()
+        try:
+            cursor.execute(sql, values)
+            while rows := cursor.fetchmany(_BATCH_ROWS):
+                if body is None:
+                    lines = [r[0] for r in rows]
+                    if None in lines:
+                        _inconsistent(conn, rows[lines.index(None)][5])
+                else:
+                    lines = [h + body(_messages_of(m)) + t if m and m[0] == "[" else
+                             _inconsistent(conn, a) for h, m, t, _f, _p, a in rows]
+                lines.append("")
+                sink.write("\n".join(lines).encode("utf-8"))
+                count += len(rows)
+                filter_versions.update([r[3] for r in rows])
+                prompt_versions.update([r[4] for r in rows])
+        finally:
+            cursor.close()
+    return position, _Written(count, frozenset(filter_versions), frozenset(prompt_versions))
+
+
+def _inconsistent(conn: Any, attempt_id: int) -> str:
+    job_id = conn.exec_driver_sql("SELECT job_id FROM acceptances WHERE attempt_id = ?",
+                                  (attempt_id,)).scalar()
+    return _checked(None, job_id, attempt_id)
+
+
 def _write_batches(fmt: str, batches: Iterable[Sequence[Sequence[Any]]],
-                   sink: AtomicWriter) -> _Written:
+                   sink: AtomicWriter | _Pipe) -> _Written:
     """One encode and one write (and hash update) per batch, not per line."""
     enc = _Encoded()
     count = 0
@@ -344,9 +483,14 @@ def export_dialogues(ledger: Ledger, out: str | Path, fmt: str = "messages",
     path = Path(out)
     check_target(path, force)
     started = time.perf_counter()
-    with atomic_write(path, overwrite=force) as sink:
-        with accepted_rows(ledger, filters) as (position, batches):
-            written = _write_batches(fmt, batches, sink)
+    with atomic_write(path, overwrite=force) as sink, _behind(sink) as pipe:
+        done = (_write_sqlite_lines(ledger, fmt, filters, pipe)
+                if ledger.dialect == "sqlite" else None)
+        if done is not None:
+            position, written = done
+        else:
+            with accepted_rows(ledger, filters) as (position, batches):
+                written = _write_batches(fmt, batches, pipe)
     seconds = time.perf_counter() - started
     manifest = {
         "file": path.name, "format": fmt, "count": written.count, "bytes": sink.bytes_written,

@@ -270,3 +270,43 @@ def test_lines_match_json_dumps_for_awkward_content() -> None:
     assert json.loads(export_line("messages", row))["messages"] == messages
     with pytest.raises(LedgerError, match="no stored messages"):
         export_line("sharegpt", (*row[:9], None))
+
+
+def test_lines_built_by_sqlite_equal_the_python_encoders_bytes(tmp_path: Path) -> None:
+    """On SQLite the query spells out each line's metadata (json_quote); whatever a server
+    sent as its model name, and whatever the dialogue holds, the bytes are the ones the Python
+    encoder gives for the same rows."""
+    from conftest import make_jobs
+    from ledger.export import accepted_rows, export_line
+    from ledger.records import OutcomeRecord, VerdictRecord
+    from ledger.store import Store
+
+    path = tmp_path / "odd.db"
+    ledger = open_ledger(str(path))
+    store = Store(ledger)
+    store.plan_jobs(make_jobs(4))
+    store.start_run("r", "h", 1, PROMPT_VERSION, FILTER_VERSION, {})
+    now = time.time()
+    odd_models = ['m"od\\el\x01\x1f\u2028\u00e9\U0001f600', "plain/model", "tab\tnew\nline\x7f",
+                  None]
+    for job, model in zip(store.claim("r", 4, now, 60), odd_models):
+        start = store.begin_attempt(job.job_id, "r", "req/model", 0, PROMPT_VERSION, 200, 0.01,
+                                    None, now, 60)
+        messages = [{"role": "system", "content": "s\u2029 \\ /"},
+                    {"role": "user", "content": 'I no "like" coffee\x00\x08\x0c'},
+                    {"role": "assistant", "content": "Why?\r\n\u00e9\U0001f600"}]
+        verdict = VerdictRecord(FILTER_VERSION, True, (), 3, 1, False, {},
+                                json.dumps(messages, ensure_ascii=False))
+        store.finish_attempt(start.attempt_id, job.job_id, "r",
+                             OutcomeRecord("ok", 0.001, "response", model_served=model),
+                             verdict, accept=True)
+    store.close()
+    with accepted_rows(ledger) as (_position, batches):
+        rows = [row for batch in batches for row in batch]
+    assert len(rows) == 4
+    for fmt in ("messages", "sharegpt", "chatml"):
+        out = tmp_path / f"{fmt}.jsonl"
+        export_dialogues(ledger, out, fmt)
+        expected = "".join(export_line(fmt, row) + "\n" for row in rows)
+        assert out.read_text(encoding="utf-8") == expected
+    ledger.dispose()
