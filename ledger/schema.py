@@ -272,7 +272,22 @@ def _unique_keys(table: Table) -> list[list[str]]:
     for cons in table.constraints:
         if isinstance(cons, UniqueConstraint):
             keys.append([c.name for c in cons.columns])
-    return keys
+    # A column marked unique also appears as its UniqueConstraint: guard each key once, since
+    # every check is an index lookup on every insert.
+    return [list(key) for key in dict.fromkeys(tuple(key) for key in keys)]
+
+
+def insert_guard_ddl(table: Table) -> tuple[str, str]:
+    """SQLite: (drop, create) of the BEFORE INSERT guard of one event table."""
+    name = table.name
+    collide = " OR ".join(
+        "EXISTS (SELECT 1 FROM {t} WHERE {cond})".format(
+            t=name, cond=" AND ".join(f"{c} = NEW.{c}" for c in key))
+        for key in _unique_keys(table)
+    )
+    return (f"DROP TRIGGER IF EXISTS trg_{name}_no_replace",
+            f"CREATE TRIGGER trg_{name}_no_replace BEFORE INSERT ON {name} WHEN {collide} "
+            f"BEGIN SELECT RAISE(ABORT, '{name} is append-only: an event with this key exists'); END")
 
 
 def append_only_ddl(dialect: str, table: Table) -> list[str]:
@@ -284,18 +299,12 @@ def append_only_ddl(dialect: str, table: Table) -> list[str]:
     """
     name = table.name
     if dialect == "sqlite":
-        collide = " OR ".join(
-            "EXISTS (SELECT 1 FROM {t} WHERE {cond})".format(
-                t=name, cond=" AND ".join(f"{c} = NEW.{c}" for c in key))
-            for key in _unique_keys(table)
-        )
         return [
             f"CREATE TRIGGER trg_{name}_no_update BEFORE UPDATE ON {name} "
             f"BEGIN SELECT RAISE(ABORT, '{name} is append-only: event rows cannot be updated'); END",
             f"CREATE TRIGGER trg_{name}_no_delete BEFORE DELETE ON {name} "
             f"BEGIN SELECT RAISE(ABORT, '{name} is append-only: event rows cannot be deleted'); END",
-            f"CREATE TRIGGER trg_{name}_no_replace BEFORE INSERT ON {name} WHEN {collide} "
-            f"BEGIN SELECT RAISE(ABORT, '{name} is append-only: an event with this key exists'); END",
+            insert_guard_ddl(table)[1],
         ]
     if dialect == "postgresql":
         return [

@@ -133,14 +133,16 @@ class Tx:
         return self.append_many(table, [values])[0]
 
     def append_many(self, table: Table, rows: Sequence[Sequence[Any]]) -> list[int]:
+        """Append rows as events, chained in the order given."""
         if not rows:
             return []
         self._require_chain()
         name = table.name
         seq, prev = self.head_seq, self.head_hash
         out, seqs = [], []
+        plain = not _FLOAT_COLUMNS[name]
         for values in rows:
-            vals = canonical_values(name, values)
+            vals = list(values) if plain else canonical_values(name, values)
             seq += 1
             prev = chain_hash(prev, name, seq, vals)
             out.append((*vals, seq, prev))

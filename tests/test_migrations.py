@@ -86,3 +86,37 @@ def test_an_older_ledger_is_upgraded_on_open_and_says_so(tmp_path):
     assert f"upgraded schema 0001 -> {head_revision()}" in result.stderr
     again = run_cli("status", "--db", str(db))
     assert "upgraded" not in again.stderr
+
+
+def test_0005_rebuilds_insert_guards_that_checked_a_key_twice(tmp_path):
+    """A guard written with a key twice (as ledgers before 0005 have them) is re-created with
+    each key once, and still refuses INSERT OR REPLACE on a connection without
+    recursive_triggers (the sqlite3 shell's default)."""
+    db = tmp_path / "l.db"
+    engine = make_engine(resolve_url(str(db)))
+    with engine.connect() as conn:
+        with conn.begin():
+            command.upgrade(_alembic_config(conn), "0004")
+    engine.dispose()
+    con = sqlite3.connect(db)
+    con.execute("DROP TRIGGER trg_runs_no_replace")
+    con.execute("CREATE TRIGGER trg_runs_no_replace BEFORE INSERT ON runs WHEN "
+                "EXISTS (SELECT 1 FROM runs WHERE run_id = NEW.run_id) OR "
+                "EXISTS (SELECT 1 FROM runs WHERE seq = NEW.seq) OR "
+                "EXISTS (SELECT 1 FROM runs WHERE seq = NEW.seq) "
+                "BEGIN SELECT RAISE(ABORT, 'runs is append-only: an event with this key exists'); END")
+    con.commit()
+    con.close()
+    open_ledger(str(db)).dispose()
+    con = sqlite3.connect(db)
+    guards = dict(con.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND "
+                              "name LIKE '%no_replace'").fetchall())
+    assert len(guards) == len(schema.EVENT_TABLES)
+    for sql in guards.values():
+        checks = sql.split(" WHEN ", 1)[1].split(" BEGIN ", 1)[0].split(" OR ")
+        assert len(checks) == len(set(checks)), sql
+    con.execute("INSERT INTO runs VALUES ('r', 1, 'h', 't', 'host', 1, 'p', 'f', '{}')")
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        con.execute("INSERT OR REPLACE INTO runs VALUES ('r', 1, 'h', 't', 'host', 1, 'p', 'f', "
+                    "'{}')")
+    con.close()
