@@ -23,6 +23,16 @@ def _alembic(db_path, *args: str) -> subprocess.CompletedProcess[str]:
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
+def _ledger_at(db, revision: str):  # type: ignore[no-untyped-def]
+    """A ledger migrated only up to `revision`, as an older version left it."""
+    engine = make_engine(resolve_url(str(db)))
+    with engine.connect() as conn:
+        with conn.begin():
+            command.upgrade(_alembic_config(conn), revision)
+    engine.dispose()
+    return db
+
+
 def _triggers(db_path) -> set[str]:
     con = sqlite3.connect(db_path)
     try:
@@ -73,12 +83,7 @@ def test_a_ledger_from_a_newer_version_is_refused(tmp_path):
 
 
 def test_an_older_ledger_is_upgraded_on_open_and_says_so(tmp_path):
-    db = tmp_path / "l.db"
-    engine = make_engine(resolve_url(str(db)))
-    with engine.connect() as conn:
-        with conn.begin():
-            command.upgrade(_alembic_config(conn), "0001")
-    engine.dispose()
+    db = _ledger_at(tmp_path / "l.db", "0001")
     if head_revision() == "0001":
         pytest.fail("this test needs a second revision to upgrade to")
     result = run_cli("status", "--db", str(db))
@@ -92,12 +97,7 @@ def test_0005_rebuilds_insert_guards_that_checked_a_key_twice(tmp_path):
     """A guard written with a key twice (as ledgers before 0005 have them) is re-created with
     each key once, and still refuses INSERT OR REPLACE on a connection without
     recursive_triggers (the sqlite3 shell's default)."""
-    db = tmp_path / "l.db"
-    engine = make_engine(resolve_url(str(db)))
-    with engine.connect() as conn:
-        with conn.begin():
-            command.upgrade(_alembic_config(conn), "0004")
-    engine.dispose()
+    db = _ledger_at(tmp_path / "l.db", "0004")
     con = sqlite3.connect(db)
     con.execute("DROP TRIGGER trg_runs_no_replace")
     con.execute("CREATE TRIGGER trg_runs_no_replace BEFORE INSERT ON runs WHEN "
