@@ -16,7 +16,7 @@ from ledger.db import open_ledger
 from ledger.runner import RunConfig
 
 from bench.harness import measured_run
-from bench.peers_bench import PEERS_VENV
+from bench.peers_bench import PEERS_VENV, ensure_venv
 from bench.simproc import start_simulator
 from bench.workload import planned_ledger
 
@@ -49,6 +49,7 @@ def fold(raw: str) -> dict[str, Any]:
 
 def profile_run(n_jobs: int, concurrency: int = 16, seconds: int = 10) -> dict[str, Any]:
     if not PY_SPY.exists():
+        ensure_venv()
         r = subprocess.run([str(PEERS_VENV / "bin" / "python"), "-m", "pip", "install", "-q",
                             "py-spy"], capture_output=True, text=True)
         if r.returncode != 0 or not PY_SPY.exists():

@@ -34,11 +34,16 @@ def peers_python() -> Path:
     return PEERS_VENV / "bin" / "python"
 
 
+def ensure_venv() -> None:
+    """bench/.peers-venv itself, created on first use (a fresh clone has none)."""
+    if not peers_python().exists():
+        venv.EnvBuilder(with_pip=True).create(PEERS_VENV)
+
+
 def ensure_peers_venv(log: Any = print) -> dict[str, str]:
     """Create the venv and install each peer; returns peer -> install error (if any)."""
     errors: dict[str, str] = {}
-    if not peers_python().exists():
-        venv.EnvBuilder(with_pip=True).create(PEERS_VENV)
+    ensure_venv()
     for name, (package, _script) in PEERS.items():
         probe = subprocess.run([str(peers_python()), "-m", "pip", "show", "-q", package],
                                capture_output=True, text=True)

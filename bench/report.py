@@ -206,10 +206,16 @@ def _scale(sc: dict[str, Any]) -> str:
                              for c in rs["claims"]], ["measure", "value"]))
     ex = sc.get("exports") or {}
     if isinstance(ex.get("export"), list):
-        out.append(_table([[e["format"], e["lines"], _f(e["seconds"], 2),
-                            _f(e["dialogues_per_s"], 0), e["error"] or "ok"]
+        out.append(_table([[e["format"], e["lines"], e.get("cores", "-"), _f(e["seconds"], 2),
+                            _f(e["dialogues_per_s"], 0), _f(e.get("one_core_s"), 2),
+                            _f(e["lines"] / e["one_core_s"], 0) if e.get("one_core_s") else "-",
+                            e["error"] or "ok"]
                            for e in ex["export"]],
-                          ["export format", "dialogues", "seconds", "dialogues/s", "result"]))
+                          ["export format", "dialogues", "cores", "seconds", "dialogues/s",
+                           "one core: seconds", "one core: dialogues/s", "result"]))
+        out.append("Exports are timed spawn to exit, once on all the machine's cores (as a user "
+                   "runs them; no simulator runs in this section) and once pinned to the "
+                   "harness's one client core. The export hashes and writes on a second thread.")
     elif ex.get("export"):
         out.append("export: " + ex["export"])
     if isinstance(ex.get("reports"), list) and ex["reports"]:

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH_KEY = "sk-bench-local-simulator"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Taken once, before anything pins this process: later calls must still see every core.
-_ALL_CORES: tuple[int, ...] = tuple(sorted(os.sched_getaffinity(0))) \
+ALL_CORES: tuple[int, ...] = tuple(sorted(os.sched_getaffinity(0))) \
     if hasattr(os, "sched_getaffinity") else ()
 
 
@@ -31,7 +31,7 @@ def core_split() -> tuple[set[int] | None, set[int] | None]:
     """(simulator cores, client cores): the last core for the simulator, the rest for us.
 
     None when the machine has a single core (pinning would only serialise both sides)."""
-    cores = list(_ALL_CORES)
+    cores = list(ALL_CORES)
     if len(cores) < 2:
         return None, None
     return {cores[-1]}, set(cores[:-1])
