@@ -8,7 +8,9 @@ median * exp(sigma^2 / 2), so that is what a lognormal cell is held to.
 
 from __future__ import annotations
 
+import heapq
 import math
+import random
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -55,6 +57,25 @@ QUICK = Grid((16, 64), (50.0, 200.0), ("fixed",), ("none", "429 5%"),
 def mean_latency_s(latency_ms: float, dist: str) -> float:
     factor = math.exp(LOGNORMAL_SIGMA ** 2 / 2) if dist == "lognormal" else 1.0
     return latency_ms / 1000.0 * factor
+
+
+def best_possible_per_s(concurrency: int, latency_ms: float, dist: str, jobs: int,
+                        seed: int = 0) -> float:
+    """Accepted/s of a client with no overhead at all on a fault-free cell: each worker sends
+    the next job the instant its last answer arrives, and each request takes the latency the
+    simulator draws for it (its seeded lognormal stream, in the order requests arrive). With a
+    few jobs per worker and a long-tailed latency, the last answers decide the wall time, so
+    even this client falls short of concurrency / mean latency."""
+    rng = random.Random(seed + 1)  # the simulator's latency stream (ledger/simulator.py)
+    free = [0.0] * concurrency
+    end = 0.0
+    for _ in range(jobs):
+        start = heapq.heappop(free)
+        latency = (rng.lognormvariate(math.log(latency_ms), LOGNORMAL_SIGMA) if
+                   dist == "lognormal" else latency_ms) / 1000.0
+        heapq.heappush(free, start + latency)
+        end = max(end, start + latency)
+    return jobs / end if end else 0.0
 
 
 def jobs_for(grid: Grid, concurrency: int, latency_ms: float, dist: str) -> int:
