@@ -49,7 +49,14 @@ def start_run(sim: Simulator, ledger_path: Path, *args: str) -> subprocess.Popen
     return subprocess.Popen(
         [sys.executable, str(ROOT / "cli.py"), "run", "--quiet", "--concurrency",
          str(CONCURRENCY), *args],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # As from a terminal: a test suite started in the background (`cmd &` without job
+        # control) inherits an ignored SIGINT, which Python then never turns into Ctrl-C.
+        preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def query(ledger_path: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
