@@ -223,18 +223,28 @@ def _any_phrase_pattern(phrases: tuple[str, ...]) -> re.Pattern[str]:
     """Matches wherever one of the phrase patterns would (their alternation)."""
     if not phrases:
         return re.compile(r"(?!)")
-    return re.compile("|".join(f"(?:{_phrase_pattern(p).pattern})" for p in phrases),
+    # The shared look-behind is checked once per position, not once per phrase: a sixth of the
+    # time of the plain alternation of the phrase patterns, with the same matches.
+    return re.compile(_NOT_AFTER_WORD + "(?:" + "|".join(_phrase_body(p) for p in phrases) + ")",
                       re.IGNORECASE)
+
+
+_NOT_AFTER_WORD = r"(?<![\w'])"
+
+
+def _phrase_body(phrase: str) -> str:
+    """The phrase as a pattern, from its first letter to the word boundary after it."""
+    words = phrase.translate(_CURLY).split()
+    body = r"\s+".join(re.escape(word) for word in words)
+    plural = "s?" if len(words) == 1 else ""
+    return rf"{body}{plural}(?![\w'])"
 
 
 @lru_cache(maxsize=1024)
 def _phrase_pattern(phrase: str) -> re.Pattern[str]:
-    words = phrase.translate(_CURLY).split()
-    body = r"\s+".join(re.escape(word) for word in words)
-    plural = "s?" if len(words) == 1 else ""
     # Cached: building the pattern (escape, join, re's own cache lookup) cost more than the
     # search on every judged answer.
-    return re.compile(rf"(?<![\w']){body}{plural}(?![\w'])", re.IGNORECASE)
+    return re.compile(_NOT_AFTER_WORD + _phrase_body(phrase), re.IGNORECASE)
 
 
 # --- sentence matching ------------------------------------------------------------------------

@@ -450,3 +450,20 @@ def test_containment_shortcuts_agree_with_the_full_search(words, target, foil, f
         assert fast == full
     else:
         assert (fast >= floor) == (full >= floor)
+
+
+_PHRASE_TEXT = st.lists(st.sampled_from(
+    ["wrong", "Wrong", "wrongs", "errors", "terror", "error'", "'error", "it's", "it\u2019s",
+     "not", "correct", "way", "should", "be", " ", "  ", "\n", ".", "!", "x", "_", "the",
+     "correct form", "isn't", "right"]), max_size=10).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=_PHRASE_TEXT)
+def test_one_search_for_any_phrase_agrees_with_each_phrase_on_its_own(text):
+    phrases = filters.DEFAULT_CORRECTION_PHRASES
+    haystack = text.translate(filters._CURLY)
+    one = filters._any_phrase_pattern(tuple(phrases)).search(haystack) is not None
+    each = any(filters._phrase_pattern(p).search(haystack) for p in phrases)
+    assert one == each
+    assert bool(filters.correction_phrases_in([text], phrases)) == each
