@@ -202,10 +202,11 @@ def test_group_commit_isolates_a_failing_write_from_the_rest_of_its_group(store,
     back to its savepoint and raises for its own caller, and the others still commit."""
     import threading
 
-    store.plan_jobs(make_jobs(6))
+    n = store.WAITERS_PER_COMMIT  # writes whose callers wait: as many as one commit takes
+    store.plan_jobs(make_jobs(n))
     store.start_run("r", "h", 1, "p1", "f1", {})
     now = time.time()
-    jobs = store.claim("r", 6, now, 60)
+    jobs = store.claim("r", n, now, 60)
     starts = [store.begin_attempt(j.job_id, "r", "m", 0, "p1", 200, 0.01, None, now, 60)
               for j in jobs]
     # Finish the first attempt now, so finishing it again inside the group must fail.
@@ -220,23 +221,23 @@ def test_group_commit_isolates_a_failing_write_from_the_rest_of_its_group(store,
         except Exception as exc:  # noqa: BLE001 - the test inspects it
             results[i] = exc
 
-    with store._lock:  # hold the store so all six writes queue into one group
-        threads = [threading.Thread(target=finish, args=(i,)) for i in range(6)]
+    with store._lock:  # hold the store so all the writes queue into one group
+        threads = [threading.Thread(target=finish, args=(i,)) for i in range(n)]
         for t in threads:
             t.start()
         deadline = time.monotonic() + 10
-        while len(store._pending) < 6 and time.monotonic() < deadline:
+        while len(store._pending) < n and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert len(store._pending) == 6
+        assert len(store._pending) == n
     for t in threads:
         t.join(10)
     assert isinstance(results[0], IntegrityError)
-    assert all(results[i] is False for i in range(1, 6))
+    assert all(results[i] is False for i in range(1, n))
     with ledger.engine.connect() as conn:
         outcomes = conn.exec_driver_sql("SELECT COUNT(*) FROM attempt_outcomes").scalar()
         spend = conn.exec_driver_sql("SELECT spend_usd FROM ledger_totals").scalar()
-    assert outcomes == 6  # the first one's original outcome plus the five of the group
-    assert spend == pytest.approx(0.001 + 5 * 0.002)
+    assert outcomes == n  # the first one's original outcome plus the others of the group
+    assert spend == pytest.approx(0.001 + (n - 1) * 0.002)
     from ledger.verify import check_chain, check_projections
 
     # The projections written inside the group match a replay, and the chain links.
