@@ -218,6 +218,9 @@ def correction_phrases_in(texts: Sequence[str], phrases: Sequence[str]) -> list[
     return [phrase for phrase in phrases if _phrase_pattern(phrase).search(haystack)]
 
 
+_NOT_AFTER_WORD = r"(?<![\w'])"
+
+
 @lru_cache(maxsize=64)
 def _any_phrase_pattern(phrases: tuple[str, ...]) -> re.Pattern[str]:
     """Matches wherever one of the phrase patterns would (their alternation)."""
@@ -227,9 +230,6 @@ def _any_phrase_pattern(phrases: tuple[str, ...]) -> re.Pattern[str]:
     # time of the plain alternation of the phrase patterns, with the same matches.
     return re.compile(_NOT_AFTER_WORD + "(?:" + "|".join(_phrase_body(p) for p in phrases) + ")",
                       re.IGNORECASE)
-
-
-_NOT_AFTER_WORD = r"(?<![\w'])"
 
 
 def _phrase_body(phrase: str) -> str:

@@ -232,6 +232,8 @@ class Runner:
         # Rounded up to a 64-token step: reservations err high, and jobs of about the same size
         # reserve the same, so a budget that stopped one run stops the next one too.
         prompt_tokens = -(-estimate_prompt_tokens(messages) // 64) * 64
+        cheapest = min(self.prices.max_cost(m, prompt_tokens, self.config.max_tokens)
+                       for m in self.config.models)
         reasons: list[str] = []
         # A resumed job picks its chain up where an earlier run left it: a model it already
         # used up is not paid for again.
@@ -243,7 +245,7 @@ class Runner:
                     or used[1] >= self.config.rejections_per_model):
                 reasons.append(f"{model}: used up in an earlier run")
                 continue
-            result = self._try_model(job, model, position, messages, prompt_tokens,
+            result = self._try_model(job, model, position, messages, prompt_tokens, cheapest,
                                      transient=used[0], rejections=used[1])
             if result in ("accepted", "gone"):
                 return True
@@ -257,13 +259,11 @@ class Runner:
         return True
 
     def _try_model(self, job: ClaimedJob, model: str, position: int,
-                   messages: list[dict[str, str]], prompt_tokens: int, *, transient: int = 0,
-                   rejections: int = 0) -> str:
+                   messages: list[dict[str, str]], prompt_tokens: int, cheapest: float, *,
+                   transient: int = 0, rejections: int = 0) -> str:
         """Tries on one model, counting on from earlier runs' tries. Returns 'accepted', 'gone'
         (someone else finished the job), 'halt', or why this model gave up (for the record)."""
         reserve = self.prices.max_cost(model, prompt_tokens, self.config.max_tokens)
-        cheapest = min(self.prices.max_cost(m, prompt_tokens, self.config.max_tokens)
-                       for m in self.config.models)
         while True:
             if self.halt.event.is_set():
                 return "halt"

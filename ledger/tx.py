@@ -38,6 +38,8 @@ _FLOAT_COLUMNS = {
 def canonical_values(table: str, values: Sequence[Any]) -> list[Any]:
     """Values as stored: REAL columns are floats, so the hash is the same after a round-trip."""
     floats = _FLOAT_COLUMNS[table]
+    if not floats:
+        return list(values)
     return [float(v) if i in floats and v is not None else v for i, v in enumerate(values)]
 
 
@@ -140,9 +142,8 @@ class Tx:
         name = table.name
         seq, prev = self.head_seq, self.head_hash
         out, seqs = [], []
-        plain = not _FLOAT_COLUMNS[name]
         for values in rows:
-            vals = list(values) if plain else canonical_values(name, values)
+            vals = canonical_values(name, values)
             seq += 1
             prev = chain_hash(prev, name, seq, vals)
             out.append((*vals, seq, prev))
