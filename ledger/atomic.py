@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import secrets
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,6 +44,47 @@ class AtomicWriter:
     @property
     def sha256(self) -> str:
         return self._sha.hexdigest()
+
+
+class BackgroundWriter:
+    """Hands batches to a second thread that hashes and writes them: hashlib and file writes
+    release the GIL, so they overlap the reading and formatting of the next batch."""
+
+    def __init__(self, sink: AtomicWriter) -> None:
+        self._sink = sink
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name="file-writer", daemon=True)
+        self._thread.start()
+
+    def write(self, data: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        self._queue.put(data)
+
+    def _drain(self) -> None:
+        while (data := self._queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self._sink.write(data)
+                except BaseException as exc:  # noqa: BLE001 - raised on the caller's thread
+                    self.error = exc
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+
+@contextmanager
+def written_behind(sink: AtomicWriter) -> Iterator[BackgroundWriter]:
+    """A BackgroundWriter over `sink` for the block; raises what writing raised."""
+    pipe = BackgroundWriter(sink)
+    try:
+        yield pipe
+    finally:
+        pipe.close()
+    if pipe.error is not None:
+        raise pipe.error
 
 
 def _write_error(target: Path, exc: OSError) -> LedgerError:

@@ -14,10 +14,8 @@ Formats:
 from __future__ import annotations
 
 import json
-import queue
-import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
@@ -28,7 +26,8 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.engine import make_url
 
 from . import __version__
-from .atomic import AtomicWriter, atomic_write, check_target, write_bytes_atomic
+from .atomic import (AtomicWriter, BackgroundWriter, atomic_write, check_target,
+                     write_bytes_atomic, written_behind)
 from .db import Ledger
 from .errors import LedgerError, UsageError
 from .records import utc_now
@@ -47,10 +46,11 @@ _enc = encode_basestring
 
 # Accepted dialogues from the base tables: the acceptance names the attempt and the verdict
 # whose messages are the dialogue.
-_ACCEPTED_SQL = """
-SELECT j.job_id, acc.attempt_id, j.l1, j.pattern, j.level,
+_ACCEPTED_COLUMNS = """j.job_id, acc.attempt_id, j.l1, j.pattern, j.level,
        COALESCE(o.model_served, a.model_requested), a.prompt_version, v.filter_version,
-       j.source, v.messages_json
+       j.source, v.messages_json"""
+_ACCEPTED_SQL = """
+SELECT {select}
 FROM jobs j
 JOIN acceptances acc ON acc.job_id = j.job_id
 JOIN attempts a ON a.attempt_id = acc.attempt_id
@@ -157,26 +157,23 @@ def _accepted_statement(filters: ExportFilters) -> tuple[Any, dict[str, list[str
     for column, name, values in _filter_clauses(filters):
         clauses.append(" OR ".join(f"{c} IN :{name}" for c in column.split("|")))
         params[name] = list(values)
-    stmt = text(_ACCEPTED_SQL.format(where=_where(clauses)))
+    stmt = text(_ACCEPTED_SQL.format(select=_ACCEPTED_COLUMNS, where=_where(clauses)))
     if params:
         stmt = stmt.bindparams(*(bindparam(name, expanding=True) for name in params))
     return stmt, params
 
 
-def _sqlite_statement(filters: ExportFilters, select: str | None = None
+def _sqlite_statement(filters: ExportFilters, select: str = _ACCEPTED_COLUMNS
                       ) -> tuple[str, list[str]]:
-    """The same query for the DBAPI cursor: qmark placeholders, one per value. `select`
-    replaces the column list."""
+    """The same query for the DBAPI cursor: qmark placeholders, one per value; `select` is
+    the column list."""
     clauses, params = [], []
     for column, _name, values in _filter_clauses(filters):
         marks = ",".join("?" * len(values))
         columns = column.split("|")
         clauses.append(" OR ".join(f"{c} IN ({marks})" for c in columns))
         params.extend(list(values) * len(columns))
-    sql = _ACCEPTED_SQL.format(where=_where(clauses))
-    if select is not None:
-        sql = "SELECT " + select + sql[sql.index("\nFROM jobs j"):]
-    return sql, params
+    return _ACCEPTED_SQL.format(select=select, where=_where(clauses)), params
 
 
 def _sqlite_line_select(fmt: str) -> str:
@@ -352,46 +349,6 @@ class _Written:
     prompt_versions: frozenset[str]
 
 
-class _Pipe:
-    """Hands batches to a second thread that hashes and writes them: hashlib and file writes
-    release the GIL, so they overlap the reading and formatting of the next batch."""
-
-    def __init__(self, sink: AtomicWriter) -> None:
-        self._sink = sink
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._drain, name="export-writer", daemon=True)
-        self._thread.start()
-
-    def write(self, data: bytes) -> None:
-        if self.error is not None:
-            raise self.error
-        self._queue.put(data)
-
-    def _drain(self) -> None:
-        while (data := self._queue.get()) is not None:
-            if self.error is None:
-                try:
-                    self._sink.write(data)
-                except BaseException as exc:  # noqa: BLE001 - raised on the caller's thread
-                    self.error = exc
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-
-
-@contextmanager
-def _behind(sink: AtomicWriter) -> Iterator[_Pipe]:
-    pipe = _Pipe(sink)
-    try:
-        yield pipe
-    finally:
-        pipe.close()
-    if pipe.error is not None:
-        raise pipe.error
-
-
 def _quote_matches(dbapi_conn: Any) -> bool:
     """Whether this SQLite's json_quote escapes exactly as Python's JSON encoder does."""
     try:
@@ -402,7 +359,7 @@ def _quote_matches(dbapi_conn: Any) -> bool:
 
 
 def _write_sqlite_lines(ledger: Ledger, fmt: str, filters: ExportFilters,
-                        sink: AtomicWriter | _Pipe) -> tuple[LedgerPosition, _Written] | None:
+                        sink: AtomicWriter | BackgroundWriter) -> tuple[LedgerPosition, _Written] | None:
     """The export with lines built by the query; None (nothing written) when this SQLite's
     json_quote cannot be trusted to give the Python encoder's bytes."""
     with ledger.engine.connect() as conn, conn.begin():
@@ -414,27 +371,22 @@ def _write_sqlite_lines(ledger: Ledger, fmt: str, filters: ExportFilters,
         sql, values = _sqlite_statement(filters, _sqlite_line_select(fmt))
         cursor = dbapi_conn.cursor()  # type: ignore[union-attr]
         body = {"sharegpt": _sharegpt_json, "chatml": _chatml_json}.get(fmt)
-        count = 0
-        filter_versions: set[str] = set()
-        prompt_versions: set[str] = set()
+
+        def lines_of(rows: Sequence[Sequence[Any]]) -> list[str]:
+            if body is None:
+                lines = [r[0] for r in rows]
+                if None in lines:
+                    _inconsistent(conn, rows[lines.index(None)][5])
+                return lines
+            return [h + body(_messages_of(m)) + t if m and m[0] == "[" else
+                    _inconsistent(conn, a) for h, m, t, _f, _p, a in rows]
+
         try:
             cursor.execute(sql, values)
-            while rows := cursor.fetchmany(_BATCH_ROWS):
-                if body is None:
-                    lines = [r[0] for r in rows]
-                    if None in lines:
-                        _inconsistent(conn, rows[lines.index(None)][5])
-                else:
-                    lines = [h + body(_messages_of(m)) + t if m and m[0] == "[" else
-                             _inconsistent(conn, a) for h, m, t, _f, _p, a in rows]
-                lines.append("")
-                sink.write("\n".join(lines).encode("utf-8"))
-                count += len(rows)
-                filter_versions.update([r[3] for r in rows])
-                prompt_versions.update([r[4] for r in rows])
+            written = _write_all(_cursor_batches(cursor), lines_of, sink, 3, 4)
         finally:
             cursor.close()
-    return position, _Written(count, frozenset(filter_versions), frozenset(prompt_versions))
+    return position, written
 
 
 def _inconsistent(conn: Any, attempt_id: int) -> str:
@@ -444,19 +396,28 @@ def _inconsistent(conn: Any, attempt_id: int) -> str:
 
 
 def _write_batches(fmt: str, batches: Iterable[Sequence[Sequence[Any]]],
-                   sink: AtomicWriter | _Pipe) -> _Written:
-    """One encode and one write (and hash update) per batch, not per line."""
+                   sink: AtomicWriter | BackgroundWriter) -> _Written:
+    """Rows as returned by accepted_rows, formatted in Python."""
     enc = _Encoded()
+    return _write_all(batches, lambda rows: _lines(fmt, rows, enc), sink, 7, 6)
+
+
+def _write_all(batches: Iterable[Sequence[Sequence[Any]]],
+               lines_of: Callable[[Sequence[Sequence[Any]]], list[str]],
+               sink: AtomicWriter | BackgroundWriter, filter_col: int,
+               prompt_col: int) -> _Written:
+    """One encode and one write (and hash update) per batch, not per line; the versions seen
+    are read from the rows' `filter_col` and `prompt_col`."""
     count = 0
     filter_versions: set[str] = set()
     prompt_versions: set[str] = set()
     for rows in batches:
-        lines = _lines(fmt, rows, enc)
+        lines = lines_of(rows)
         lines.append("")
         sink.write("\n".join(lines).encode("utf-8"))
         count += len(rows)
-        filter_versions.update([r[7] for r in rows])
-        prompt_versions.update([r[6] for r in rows])
+        filter_versions.update([r[filter_col] for r in rows])
+        prompt_versions.update([r[prompt_col] for r in rows])
     return _Written(count, frozenset(filter_versions), frozenset(prompt_versions))
 
 
@@ -483,7 +444,7 @@ def export_dialogues(ledger: Ledger, out: str | Path, fmt: str = "messages",
     path = Path(out)
     check_target(path, force)
     started = time.perf_counter()
-    with atomic_write(path, overwrite=force) as sink, _behind(sink) as pipe:
+    with atomic_write(path, overwrite=force) as sink, written_behind(sink) as pipe:
         done = (_write_sqlite_lines(ledger, fmt, filters, pipe)
                 if ledger.dialect == "sqlite" else None)
         if done is not None:
