@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -19,6 +18,7 @@ from sqlalchemy.engine import Connection
 
 from . import schema
 from .db import Ledger, write_connection
+from .group_commit import GroupCommit, Pending
 from .records import (
     AttemptStart,
     ClaimedJob,
@@ -45,53 +45,25 @@ def _fault_point(value: str | None) -> tuple[int, str] | None:
     return int(k), (phase or "before")
 
 
-class _Pending:
-    """One write waiting for the writer thread to commit it together with others."""
-
-    __slots__ = ("op", "value", "error", "done", "callback")
-
-    def __init__(self, op: Callable[[Tx], Any],
-                 callback: Callable[[Any, BaseException | None], None] | None) -> None:
-        self.op = op
-        self.value: Any = None
-        self.error: BaseException | None = None
-        self.callback = callback
-        # A caller that waits blocks on a lock taken here and released by the writer: one C
-        # call to wake it, where Event.set (a Condition and its notify) cost more CPU than the
-        # rest of the commit's bookkeeping. A caller that handed over a callback does not wait.
-        self.done: threading.Lock | None = None
-        if callback is None:
-            self.done = threading.Lock()
-            self.done.acquire()
-
-
 class Store:
     """Appends events. One write connection per process, serialised by a lock, so threads queue
     here instead of spinning in SQLite's busy handler; other processes wait on BEGIN IMMEDIATE.
 
-    The run loop's writes go through a writer thread (group commit): every write queued while a
-    commit is under way joins the next transaction, so one fsync serves many workers. A worker
-    waits for the commit of an attempt's intent (it must precede the request) but not for an
-    outcome's: the queue is FIFO, so anything the worker writes next lands after it anyway.
+    The run loop's writes go through a writer thread (ledger/group_commit.py): every write
+    queued while a commit is under way joins the next transaction, so one fsync serves many
+    workers. A worker waits for the commit of an attempt's intent (it must precede the request)
+    but not for an outcome's: the queue is FIFO, so anything the worker writes next lands after.
     """
-
-    _IDLE_EXIT_S = 2.0  # an idle writer thread ends; the next write starts a new one
-    # Writers whose caller waits, per commit (see _take_batch).
-    WAITERS_PER_COMMIT = 4
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
         self.sql = Statements(ledger.dialect)
         self._lock = threading.Lock()
         self._conn: Connection | None = None
-        self._pending: list[_Pending] = []
-        self._queue_lock = threading.Lock()
-        self._has_work = threading.Condition(self._queue_lock)
-        self._drained = threading.Condition(self._queue_lock)
-        self._unfinished = 0  # queued or being committed
-        self._writer: threading.Thread | None = None
-        self._callback_error: BaseException | None = None
-        self._yield_s = 0.001 if ledger.dialect == "sqlite" else 0.0
+        # A busy writer leaves 1 ms between commits on SQLite, so another process waiting in
+        # SQLite's busy handler (which polls in millisecond sleeps) can take the write lock.
+        self._group = GroupCommit(self._run_batch, self._lock,
+                                  gap_s=0.001 if ledger.dialect == "sqlite" else 0.0)
         self._fault = _fault_point(os.environ.get(FAULT_ENV))
         self._writes = 0
 
@@ -99,11 +71,7 @@ class Store:
         try:
             self.flush()
         finally:
-            with self._queue_lock:
-                writer, self._writer = self._writer, None
-                self._has_work.notify_all()
-            if writer is not None:
-                writer.join()
+            self._group.stop()
             with self._lock:
                 if self._conn is not None:
                     self._conn.close()
@@ -112,12 +80,7 @@ class Store:
     def flush(self) -> None:
         """Wait until every queued write is committed (or has failed to its callback); raises
         what a callback raised, if one did."""
-        with self._queue_lock:
-            while self._unfinished:
-                self._drained.wait()
-            error, self._callback_error = self._callback_error, None
-        if error is not None:
-            raise error
+        self._group.flush()
 
     @contextmanager
     def transaction(self, *, events: bool = True) -> Iterator[Tx]:
@@ -158,93 +121,14 @@ class Store:
                 pass
             raise
 
-    # --- group commit -----------------------------------------------------------------------
+    # --- group commit (ledger/group_commit.py queues; this runs one group) -----------------
 
     def _combined(self, op: Callable[[Tx], T]) -> T:
         """Run `op` in a group-committed write transaction and return its result once committed
         (so a committed intent precedes its request)."""
-        item = self._submit(op, None)
-        assert item.done is not None
-        item.done.acquire()
-        if item.error is not None:
-            raise item.error
-        return item.value  # type: ignore[no-any-return]
+        return self._group.call(op)  # type: ignore[no-any-return]
 
-    def _submit(self, op: Callable[[Tx], Any],
-                callback: Callable[[Any, BaseException | None], None] | None) -> _Pending:
-        item = _Pending(op, callback)
-        with self._queue_lock:
-            self._pending.append(item)
-            self._unfinished += 1
-            if self._writer is None:
-                self._writer = threading.Thread(target=self._write_loop, name="ledger-writer",
-                                                daemon=True)
-                self._writer.start()
-            else:
-                self._has_work.notify()
-        return item
-
-    def _write_loop(self) -> None:
-        me = threading.current_thread()
-        while True:
-            with self._queue_lock:
-                while not self._pending and self._writer is me:
-                    if not self._has_work.wait(self._IDLE_EXIT_S) and not self._pending:
-                        if self._writer is me:
-                            self._writer = None
-                        return
-                if self._writer is not me and not self._pending:
-                    return
-            with self._lock:
-                # Taken under the store lock: whatever queued while we waited for it joins.
-                with self._queue_lock:
-                    batch = self._take_batch()
-                self._run_batch(batch)
-            for item in batch:
-                if item.done is not None:
-                    item.done.release()
-                else:
-                    self._deliver(item)
-            with self._queue_lock:
-                self._unfinished -= len(batch)
-                if not self._unfinished:
-                    self._drained.notify_all()
-            if self._yield_s and len(batch) > 1:
-                # A busy writer leaves a moment between commits, so another process waiting in
-                # SQLite's busy handler (which polls in millisecond sleeps) can take the write
-                # lock; our writes pile into the next group meanwhile.
-                time.sleep(self._yield_s)
-
-    def _take_batch(self) -> list[_Pending]:
-        """The next group: the queue's head up to its WAITERS_PER_COMMIT-th write whose caller
-        waits (outcomes nobody waits for ride along, in order). Threads that come back from the
-        API together queue their intents together; committing them all at once would hold the
-        first until the last is written and send them out together again, so a run would move
-        in waves. Measured on the simulator (c=64 at 50 ms and 200 ms): 4 waiters per commit
-        gave 0.95 and 0.82 of the ideal rate where one commit for the whole queue gave 0.93
-        and 0.69; at zero latency the extra commits cost 0.1 ms CPU per job (0.78 vs 0.68).
-        Doubling the group while the queue stays full did worse than either."""
-        waiting = 0
-        cap = self.WAITERS_PER_COMMIT
-        for index, item in enumerate(self._pending):
-            if item.done is not None:
-                waiting += 1
-                if waiting == cap:
-                    batch = self._pending[:index + 1]
-                    del self._pending[:index + 1]
-                    return batch
-        batch, self._pending = self._pending, []
-        return batch
-
-    def _deliver(self, item: _Pending) -> None:
-        assert item.callback is not None
-        try:
-            item.callback(item.value, item.error)
-        except BaseException as exc:  # noqa: BLE001 - must not stop the writer; flush() raises it
-            if self._callback_error is None:
-                self._callback_error = exc
-
-    def _run_batch(self, batch: list[_Pending]) -> None:
+    def _run_batch(self, batch: list[Pending]) -> None:
         """One transaction for the whole batch. Ops run one after another without savepoints
         (each would cost two more statements); only when one of them raises is the batch rolled
         back and run again with each op in its own savepoint, so one failure does not undo the
@@ -387,8 +271,8 @@ class Store:
         """finish_attempt without waiting for the commit: `callback(accepted, error)` runs on
         the writer thread once the transaction has committed (or failed). Writes this thread
         queues afterwards commit after this one."""
-        self._submit(_finish_op(attempt_id, job_id, run_id, outcome, verdict, accept, None),
-                     callback)
+        self._group.submit(_finish_op(attempt_id, job_id, run_id, outcome, verdict, accept,
+                                      None), callback)
 
     def fail_job(self, job_id: str, run_id: str | None, reasons: Sequence[str]) -> None:
         self._combined(lambda tx: _fail(tx, job_id, run_id, reasons))

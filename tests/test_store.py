@@ -202,7 +202,7 @@ def test_group_commit_isolates_a_failing_write_from_the_rest_of_its_group(store,
     back to its savepoint and raises for its own caller, and the others still commit."""
     import threading
 
-    n = store.WAITERS_PER_COMMIT  # writes whose callers wait: as many as one commit takes
+    n = store._group.WAITERS_PER_COMMIT  # waiting writes: as many as one commit takes
     store.plan_jobs(make_jobs(n))
     store.start_run("r", "h", 1, "p1", "f1", {})
     now = time.time()
@@ -226,9 +226,9 @@ def test_group_commit_isolates_a_failing_write_from_the_rest_of_its_group(store,
         for t in threads:
             t.start()
         deadline = time.monotonic() + 10
-        while len(store._pending) < n and time.monotonic() < deadline:
+        while len(store._group.pending) < n and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert len(store._pending) == n
+        assert len(store._group.pending) == n
     for t in threads:
         t.join(10)
     assert isinstance(results[0], IntegrityError)
