@@ -13,7 +13,6 @@ from .commands import integer, names
 from .errors import UsageError
 
 
-
 class ReportCommands:
     """Mixin for Commands: needs `_open(**kw)` and `_catalog()`."""
 

@@ -246,8 +246,8 @@ class OpenRouterClient:
             # finishes; retries=False because every try is a separate recorded attempt.
             response = pool.urlopen("POST", url, body=data, headers=headers, redirect=False,
                                     assert_same_host=False, preload_content=False,
-                                    decode_content=False, retries=False, timeout=self._urllib3_timeout,
-                                    chunked=False)
+                                    decode_content=False, retries=False,
+                                    timeout=self._urllib3_timeout, chunked=False)
             raw = response.read(decode_content=True)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             self._local.route = None  # look the pool up again next time

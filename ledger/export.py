@@ -359,7 +359,8 @@ def _quote_matches(dbapi_conn: Any) -> bool:
 
 
 def _write_sqlite_lines(ledger: Ledger, fmt: str, filters: ExportFilters,
-                        sink: AtomicWriter | BackgroundWriter) -> tuple[LedgerPosition, _Written] | None:
+                        sink: AtomicWriter | BackgroundWriter
+                        ) -> tuple[LedgerPosition, _Written] | None:
     """The export with lines built by the query; None (nothing written) when this SQLite's
     json_quote cannot be trusted to give the Python encoder's bytes."""
     with ledger.engine.connect() as conn, conn.begin():

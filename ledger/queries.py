@@ -11,6 +11,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import String, bindparam, text
@@ -332,21 +333,28 @@ def model_history(ledger: Ledger, job_id: str,
                   filter_version: str) -> dict[str, tuple[int, int, int]]:
     """For a resumed job, per model requested since its last reopen: (transient failures,
     quality rejections under this filter version, permanent refusals such as 400/403)."""
+    with ledger.engine.connect() as conn:
+        return {r[0]: (int(r[1] or 0), int(r[2] or 0), int(r[3] or 0))
+                for r in conn.execute(_model_history_sql(), {"job": job_id, "fv": filter_version})}
+
+
+@lru_cache(maxsize=1)
+def _model_history_sql() -> Any:
+    """Built once, on the first resumed job: the error classes come from ledger.retry, which
+    commands that never run (status, reports) need not import."""
     from .retry import NEXT_MODEL, RETRYABLE
 
-    sql = text(f"""
+    def listed(classes: frozenset[str]) -> str:
+        return ", ".join(f"'{c}'" for c in sorted(classes))
+
+    return text(f"""
 SELECT a.model_requested,
-       SUM(CASE WHEN o.error_class IN ({', '.join(f"'{c}'" for c in sorted(RETRYABLE))})
-                THEN 1 ELSE 0 END),
+       SUM(CASE WHEN o.error_class IN ({listed(RETRYABLE)}) THEN 1 ELSE 0 END),
        SUM(CASE WHEN v.passed = 0 THEN 1 ELSE 0 END),
-       SUM(CASE WHEN o.error_class IN ({', '.join(f"'{c}'" for c in sorted(NEXT_MODEL))})
-                THEN 1 ELSE 0 END)
+       SUM(CASE WHEN o.error_class IN ({listed(NEXT_MODEL)}) THEN 1 ELSE 0 END)
 FROM attempts a
 JOIN attempt_outcomes o ON o.attempt_id = a.attempt_id
 LEFT JOIN verdicts v ON v.attempt_id = a.attempt_id AND v.filter_version = :fv
 WHERE a.job_id = :job
   AND a.seq > (SELECT COALESCE(MAX(r.seq), 0) FROM job_reopens r WHERE r.job_id = :job)
 GROUP BY a.model_requested""")
-    with ledger.engine.connect() as conn:
-        return {r[0]: (int(r[1] or 0), int(r[2] or 0), int(r[3] or 0))
-                for r in conn.execute(sql, {"job": job_id, "fv": filter_version})}
