@@ -10,17 +10,15 @@ ignore case.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
 import operator
 import os
 import pathlib
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from ledger.bulk import gc_paused
 from ledger.errors import CatalogError
 
 DEFAULT_CATALOG_PATH: pathlib.Path = (
@@ -108,7 +106,7 @@ def load_catalog(path: str | os.PathLike[str] | None = None) -> Catalog:
         raise CatalogError(f"{source}: not UTF-8 text (bad byte at offset {exc.start})") from None
     except OSError as exc:
         raise CatalogError(f"cannot read catalog {source}: {exc.strerror or exc}") from None
-    with _gc_paused():
+    with gc_paused():
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -116,19 +114,6 @@ def load_catalog(path: str | os.PathLike[str] | None = None) -> Catalog:
                 f"{source}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
             ) from None
         return catalog_from_dict(data, source=source)
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    # A large catalog allocates millions of objects that all live on; the cyclic collector's
-    # passes over them find nothing and would cost about a third of the load time.
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def catalog_from_dict(data: dict[str, Any], source: str = "<dict>") -> Catalog:

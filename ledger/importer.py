@@ -29,8 +29,7 @@ from .errors import UsageError
 from .filters import FilterConfig, Verdict, judge
 from .prompts import TUTOR_SYSTEM_MESSAGE
 from .records import PlannedJob, utc_now
-from .store import Store
-from .tx import Tx
+from .store import Store, append_new_jobs
 
 IMPORT_MODEL = "import"
 UNKNOWN = "unknown"
@@ -41,7 +40,6 @@ _FIELD_KEYS = {"l1": ("l1", "native_language"), "error_type": ("error_type", "pa
 _CHATML = re.compile(r"<\|im_start\|>[ \t]*([^\s<|]+)[ \t]*\n?"
                      r"(.*?)(?:<\|im_end\|>|(?=<\|im_start\|>)|\Z)", re.DOTALL)
 _SLUG = re.compile(r"[^a-z0-9]+")
-_ID_CHUNK = 500  # stay under every driver's bound-parameter limit
 
 
 class NoDialogue(ValueError):
@@ -302,29 +300,16 @@ class ImportResult:
         return sum(1 for i in self.imported if i.verdict.passed)
 
 
-def _existing_job_ids(tx: Tx, ids: Sequence[str]) -> set[str]:
-    found: set[str] = set()
-    for i in range(0, len(ids), _ID_CHUNK):
-        part = ids[i:i + _ID_CHUNK]
-        found.update(r[0] for r in tx.conn.exec_driver_sql(tx.sql.job_ids_in(len(part)),
-                                                            tuple(part)))
-    return found
-
-
 def append_import(store: Store, parsed: ParsedFile) -> tuple[ImportItem, ...]:
     """Append the file's new dialogues and its `imports` event in one transaction; returns
     the items that were new. Nothing is written when nothing is new."""
     with store.transaction() as tx:
-        existing = _existing_job_ids(tx, [i.job.job_id for i in parsed.items])
-        fresh = tuple(i for i in parsed.items if i.job.job_id not in existing)
+        now = utc_now()
+        new_jobs, _seqs = append_new_jobs(tx, [i.job for i in parsed.items], now)
+        new_ids = {j.job_id for j in new_jobs}
+        fresh = tuple(i for i in parsed.items if i.job.job_id in new_ids)
         if not fresh:
             return ()
-        now = utc_now()
-        seqs = tx.append_many(schema.jobs, [
-            (j.job_id, j.l1, j.pattern, j.erroneous, j.correct, j.level, j.variant, j.topic,
-             j.persona, j.source, now) for j in (i.job for i in fresh)])
-        tx.run("insert_job_state", [(i.job.job_id, s, i.job.l1, i.job.pattern, i.job.level)
-                                    for i, s in zip(fresh, seqs)])
         ids = [(tx.allocate_id(), tx.allocate_id()) for _ in fresh]
         tx.append_many(schema.attempts, [
             (a, i.job.job_id, 1, None, IMPORT_MODEL, 0, IMPORT_MODEL, 0, 0.0, now)

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .bulk import gc_paused
 from .catalog import Catalog, L1, Pattern
 from .errors import UsageError
 from .records import PlannedJob
@@ -48,10 +49,17 @@ class Plan:
         return sum(c.add for c in self.cells)
 
 
+def _key_prefix(l1: str, pattern: str, erroneous: str, correct: str, level: str) -> str:
+    return "\x1f".join((l1, pattern, erroneous, correct, level, ""))
+
+
+def _hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+
+
 def job_id_for(l1: str, pattern: str, erroneous: str, correct: str, level: str,
                variant: int) -> str:
-    key = "\x1f".join((l1, pattern, erroneous, correct, level, str(variant)))
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+    return _hash_key(_key_prefix(l1, pattern, erroneous, correct, level) + str(variant))
 
 
 def select_scope(catalog: Catalog, l1s: Sequence[str] | None, patterns: Sequence[str] | None,
@@ -94,23 +102,38 @@ def enumerate_cell(catalog: Catalog, l1: L1, pattern: Pattern,
     """The cell's jobs in plan order (see the module docstring)."""
     lvls = _cell_levels(pattern, levels)
     pairs, topics, personas = pattern.pairs, catalog.topics, catalog.personas
-    n_pairs, n_levels, n_topics = len(pairs), len(lvls), len(topics)
-    per_variant = n_pairs * n_levels
-    if per_variant == 0:
-        return
-    for variant in range(n_topics * len(personas)):
-        for j in range(per_variant):
-            p_idx, turn = j % n_pairs, j // n_pairs
-            lvl_idx = (p_idx + turn) % n_levels
-            pair, level = pairs[p_idx], lvls[lvl_idx]
+    n_pairs, n_levels, n_topics, n_personas = len(pairs), len(lvls), len(topics), len(personas)
+    # The (pair, level) sequence is the same in every variant: worked out once per cell.
+    slots = []
+    for j in range(n_pairs * n_levels):
+        p_idx, turn = j % n_pairs, j // n_pairs
+        lvl_idx = (p_idx + turn) % n_levels
+        pair, level = pairs[p_idx], lvls[lvl_idx]
+        slots.append((p_idx, lvl_idx, pair.erroneous, pair.correct, level,
+                      _key_prefix(l1.id, pattern.id, pair.erroneous, pair.correct, level)))
+    for variant in range(n_topics * n_personas):
+        for p_idx, lvl_idx, erroneous, correct, level, key in slots:
             # For a fixed pair and level, variant -> (topic, persona) is one-to-one.
-            topic = topics[(variant + p_idx) % n_topics]
-            persona = personas[(variant // n_topics + lvl_idx) % len(personas)]
-            yield PlannedJob(
-                job_id=job_id_for(l1.id, pattern.id, pair.erroneous, pair.correct, level,
-                                  variant),
-                l1=l1.id, pattern=pattern.id, erroneous=pair.erroneous, correct=pair.correct,
-                level=level, variant=variant, topic=topic, persona=persona)
+            yield PlannedJob(_hash_key(key + str(variant)), l1.id, pattern.id, erroneous, correct,
+                             level, variant, topics[(variant + p_idx) % n_topics],
+                             personas[(variant // n_topics + lvl_idx) % n_personas])
+
+
+def interleave(new_by_cell: Sequence[Sequence[PlannedJob]],
+               existing: Sequence[int]) -> list[PlannedJob]:
+    """Plan order across cells: a cell's k-th new job goes at fill level existing + k, and the
+    plan takes every cell's jobs at one level before any at the next. Runs claim jobs in plan
+    order, so a run stopped early (credit, budget, Ctrl-C) leaves every cell as evenly
+    covered as the whole plan would, not the first cells full and the rest empty."""
+    if not new_by_cell:
+        return []
+    base = min(existing)
+    fills: list[list[PlannedJob]] = [[] for _ in range(
+        max(e + len(jobs) for jobs, e in zip(new_by_cell, existing)) - base)]
+    for jobs, e in zip(new_by_cell, existing):
+        for fill, job in enumerate(jobs, e - base):
+            fills[fill].append(job)
+    return [job for same_fill in fills for job in same_fill]
 
 
 def water_fill(existing: Sequence[int], add: int) -> list[int]:
@@ -154,22 +177,21 @@ def make_plan(catalog: Catalog, target: int, cells: Sequence[tuple[L1, Pattern]]
                 f"the catalog has room for {total_cap} distinct jobs in this scope "
                 f"({l1.id}/{p.id} holds at most {cap}); lower --target or add sentence pairs, "
                 "topics or personas to the catalog")
-    jobs: list[PlannedJob] = []
+    new_by_cell: list[list[PlannedJob]] = []
     plans = []
     for (l1, p), e, a, cap in zip(cells, existing, adds, capacities):
         plans.append(CellPlan(l1=l1.id, pattern=p.id, existing=e, add=a, capacity=cap))
-        if a == 0:
-            continue
-        have = existing_ids.get((l1.id, p.id), set())
-        taken = 0
-        for job in enumerate_cell(catalog, l1, p, levels):
-            if job.job_id in have:
-                continue
-            jobs.append(job)
-            taken += 1
-            if taken == a:
-                break
-    return Plan(target=target, existing_in_scope=in_scope, cells=tuple(plans), jobs=tuple(jobs))
+        have = existing_ids.get((l1.id, p.id), ())
+        cell_jobs: list[PlannedJob] = []
+        if a:
+            for job in enumerate_cell(catalog, l1, p, levels):
+                if job.job_id not in have:
+                    cell_jobs.append(job)
+                    if len(cell_jobs) == a:
+                        break
+        new_by_cell.append(cell_jobs)
+    return Plan(target=target, existing_in_scope=in_scope, cells=tuple(plans),
+                jobs=tuple(interleave(new_by_cell, existing)))
 
 
 def plan_ledger(ledger: Ledger, catalog: Catalog, target: int, *,
@@ -188,11 +210,13 @@ def plan_ledger(ledger: Ledger, catalog: Catalog, target: int, *,
     outside = 0
     if not l1s and not patterns:
         outside = sum(len(ids) for key, ids in existing.items() if key not in cell_keys)
-    plan = make_plan(catalog, target, cells, chosen_levels, existing, outside)
-    if not dry_run and plan.jobs:
-        store = Store(ledger)
-        try:
-            store.plan_jobs(plan.jobs)
-        finally:
-            store.close()
+    with gc_paused():
+        plan = make_plan(catalog, target, cells, chosen_levels, existing, outside)
+        if not dry_run and plan.jobs:
+            store = Store(ledger)
+            try:
+                store.plan_jobs(plan.jobs)
+            finally:
+                store.close()
     return plan
+

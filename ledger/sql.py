@@ -18,8 +18,12 @@ _STORE_SQL = {
                    "WHERE id = 1{for_update}",
     "update_totals": "UPDATE ledger_totals SET head_seq = ?, head_hash = ?, next_id = ?, "
                      "spend_usd = ? WHERE id = 1",
-    "insert_job_state": "INSERT INTO job_state (job_id, seq, l1, pattern, level, state, attempts, "
-                        "last_attempt_no, spend_usd) VALUES (?, ?, ?, ?, ?, 'open', 0, 0, 0.0)",
+    # The jobs appended after a seq, opened. Rows go in by job id, so the key index and the
+    # foreign-key probe into jobs walk forward instead of jumping (~2 s of 1M rows); on SQLite
+    # `+job_id` keeps the seq range scan and sorts, rather than scanning every job by its key.
+    "open_jobs_after": "INSERT INTO job_state (job_id, seq, l1, pattern, level, state, attempts, "
+                       "last_attempt_no, spend_usd) SELECT job_id, seq, l1, pattern, level, "
+                       "'open', 0, 0, 0.0 FROM jobs WHERE seq > ? ORDER BY {by_job_id}",
     "select_claimable": "SELECT job_id FROM job_state WHERE state = 'open' AND "
                         "(lease_expires_at IS NULL OR lease_expires_at < ?) ORDER BY seq LIMIT ?"
                         "{skip_locked}",
@@ -109,6 +113,7 @@ class Statements:
             + " UNION ALL SELECT 0 AS id",
             "events": _event_union("seq, row_hash"),
             "replay_job_state": REPLAY_JOB_STATE,
+            "by_job_id": "job_id" if pg else "+job_id",
         }
         self._sql = {name: self._translate(text.format(**fmt)) for name, text in _STORE_SQL.items()}
 

@@ -176,16 +176,8 @@ class Store:
         """Append planned jobs that are not in the ledger yet; returns how many were added."""
         if not new_jobs:
             return 0
-        now = utc_now()
         with self.transaction() as tx:
-            existing = _existing_job_ids(tx, [j.job_id for j in new_jobs])
-            fresh = [j for j in new_jobs if j.job_id not in existing]
-            seqs = tx.append_many(schema.jobs, [
-                (j.job_id, j.l1, j.pattern, j.erroneous, j.correct, j.level, j.variant, j.topic,
-                 j.persona, j.source, now) for j in fresh])
-            tx.run("insert_job_state", [
-                (j.job_id, s, j.l1, j.pattern, j.level) for j, s in zip(fresh, seqs)])
-        return len(fresh)
+            return len(append_new_jobs(tx, new_jobs, utc_now())[0])
 
     # --- runs -----------------------------------------------------------------------------
 
@@ -351,7 +343,7 @@ def _finish_op(attempt_id: int, job_id: str, run_id: str | None, outcome: Outcom
     return op
 
 
-def _existing_job_ids(tx: Tx, ids: Sequence[str]) -> set[str]:
+def existing_job_ids(tx: Tx, ids: Sequence[str]) -> set[str]:
     found: set[str] = set()
     chunk = 500  # stay under every driver's bound-parameter limit
     for i in range(0, len(ids), chunk):
@@ -359,6 +351,23 @@ def _existing_job_ids(tx: Tx, ids: Sequence[str]) -> set[str]:
         tx.execute(tx.sql.job_ids_in(len(part)), tuple(part))
         found.update(r[0] for r in tx.cur.fetchall())
     return found
+
+
+def append_new_jobs(tx: Tx, jobs: Sequence[PlannedJob],
+                    now: str) -> tuple[list[PlannedJob], list[int]]:
+    """Append the jobs not in the ledger yet, in the order given, and open each one's state;
+    returns those jobs and their seqs."""
+    existing = existing_job_ids(tx, [j.job_id for j in jobs])
+    fresh = [j for j in jobs if j.job_id not in existing] if existing else list(jobs)
+    if not fresh:
+        return [], []
+    after = tx.head_seq
+    # A PlannedJob's fields are the jobs columns in order, planned_at_utc last.
+    seqs = tx.append_many(schema.jobs, [(*j, now) for j in fresh])
+    # The state rows are copied from the rows just appended, in SQL: no second pass of
+    # parameters through the driver.
+    tx.run("open_jobs_after", (after,))
+    return fresh, seqs
 
 
 def _fetch_claimed(tx: Tx, ids: Sequence[str]) -> list[ClaimedJob]:

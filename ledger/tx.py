@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import Table
@@ -43,12 +43,25 @@ def canonical_values(table: str, values: Sequence[Any]) -> list[Any]:
     return [float(v) if i in floats and v is not None else v for i, v in enumerate(values)]
 
 
-# One encoder for every row: json.dumps with non-default options builds a new one per call.
-_CANONICAL = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+def _canonical_encoder() -> Callable[[list[Any]], str]:
+    """Compact JSON, non-ASCII kept: json.dumps(separators=(",", ":"), ensure_ascii=False).
+    JSONEncoder.encode builds its C encoder anew on every call; the chain hashes a million rows
+    in a big plan, so the C encoder is built once here (same function, same bytes)."""
+    spec = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # a Python without the C accelerator
+        return spec.encode
+    # markers=None skips the cycle check: a row is a flat list of scalars.
+    c_encode = make(None, spec.default, json.encoder.encode_basestring, None,
+                    spec.key_separator, spec.item_separator, False, False, True)
+    return lambda row: "".join(c_encode(row, 0))
+
+
+_canonical = _canonical_encoder()
 
 
 def chain_hash(prev_hash: str, table: str, seq: int, values: Sequence[Any]) -> str:
-    payload = _CANONICAL.encode([table, seq, *values])
+    payload = _canonical([table, seq, *values])
     return hashlib.sha256((prev_hash + payload).encode("utf-8")).hexdigest()
 
 

@@ -56,6 +56,35 @@ def test_every_cell_before_any_cell_gets_a_second_job(ledger):
     assert len(cells) == 47 and set(cells.values()) == {1}
 
 
+def _cells_in_plan_order(ledger):  # type: ignore[no-untyped-def]
+    with ledger.engine.connect() as conn:
+        return [tuple(r) for r in conn.exec_driver_sql(
+            "SELECT l1, pattern FROM job_state ORDER BY seq")]
+
+
+def _assert_every_prefix_balanced(cells, start):  # type: ignore[no-untyped-def]
+    counts = Counter(start)
+    for i, cell in enumerate(cells):
+        counts[cell] += 1
+        assert max(counts.values()) - min(counts.values()) <= 1, (
+            f"after {i + 1} jobs in plan order the cells are uneven: {counts.most_common(1)} "
+            f"against {min(counts.values())}")
+
+
+def test_a_run_stopped_anywhere_has_covered_every_cell_evenly(ledger):
+    """Runs claim jobs in plan order, so every prefix of the plan must be as balanced as the
+    whole: credit running out at job 491 of 1,000 leaves all 48 cells at 10 or 11."""
+    catalog = load_catalog()
+    plan_ledger(ledger, catalog, 1000)
+    first = _cells_in_plan_order(ledger)
+    _assert_every_prefix_balanced(first, {c: 0 for c in first})
+    assert len(set(first[:491])) == 48
+    plan_ledger(ledger, catalog, 1200)  # a top-up keeps the order balanced as it goes
+    both = _cells_in_plan_order(ledger)
+    assert both[:1000] == first
+    _assert_every_prefix_balanced(both[1000:], Counter(first))
+
+
 def test_levels_split_evenly_and_pairs_used_before_repeating(ledger):
     catalog = load_catalog()
     cells = len(catalog.cells())

@@ -108,6 +108,30 @@ def test_plan_jobs_is_idempotent(store, ledger):
     assert queries.status(ledger).total.planned == 7
 
 
+def test_chain_hash_is_sha256_of_the_previous_hash_and_compact_json():
+    """The documented formula, spelled out independently of the store's fast encoder, on the
+    values that trip encoders: quotes, backslashes, controls, U+2028, astral characters,
+    floats, None, booleans and integers beyond 64 bits."""
+    import hashlib
+    import json
+
+    from ledger.tx import chain_hash
+
+    values = ['a"b\\c\n\x00\u2028é😀', 1.5, -0.0, 1e300, None, True, 2 ** 70, "", 0]
+    prev = "f" * 64
+    payload = json.dumps(["jobs", 7, *values], separators=(",", ":"), ensure_ascii=False)
+    assert chain_hash(prev, "jobs", 7, values) == hashlib.sha256(
+        (prev + payload).encode("utf-8")).hexdigest()
+
+
+def test_a_planned_job_carries_the_jobs_columns_in_order():
+    """The store appends a PlannedJob as its jobs row field for field."""
+    from ledger.records import PlannedJob
+    from ledger.tx import event_columns
+
+    assert [*PlannedJob._fields, "planned_at_utc"] == event_columns(schema.jobs)
+
+
 def test_chain_sequence_is_gapless_and_hashes_link(store, ledger):
     from ledger.tx import chain_hash, event_columns
 

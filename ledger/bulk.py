@@ -1,0 +1,21 @@
+"""Bulk work: building millions of objects at once (a big catalog, a big plan)."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a bulk step builds millions of objects that
+    hold no cycles: its passes over the growing heap find nothing and cost a third of a big
+    catalog's load and ~1.5 s of a 1M-job plan. Reference counting still frees everything."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
