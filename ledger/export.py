@@ -35,6 +35,8 @@ from .records import utc_now
 FORMATS: tuple[str, ...] = ("messages", "sharegpt", "chatml")
 SHAREGPT_ROLES: Mapping[str, str] = {"system": "system", "user": "human", "assistant": "gpt"}
 _BATCH_ROWS = 5000
+# Below this many dialogues a second process is not worth its start (~0.3 s).
+SPLIT_MIN_ROWS = 100_000
 
 # One encoder built once: json.dumps with options builds a new encoder on every call.
 encode_line = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"),
@@ -59,6 +61,13 @@ JOIN attempt_outcomes o ON o.attempt_id = acc.attempt_id
 {where}
 ORDER BY j.seq"""
 _POSITION_SQL = text("SELECT head_seq, head_hash FROM ledger_totals WHERE id = 1")
+# Where to cut a big export in two: the median plan position of a sample of the accepted jobs
+# (every n-th acceptance by seq, read from its seq index). Filters are left out: the cut only
+# balances the two halves, any cut gives the same file.
+_ACCEPTED_COUNT_SQL = "SELECT COUNT(*) FROM acceptances WHERE seq <= ?"
+_CUT_SAMPLE_SQL = """SELECT j.seq FROM acceptances acc CROSS JOIN jobs j ON j.job_id = acc.job_id
+WHERE acc.seq <= ? AND acc.seq % ? = 0"""
+_CUT_SAMPLES = 2048
 
 # On SQLite the metadata part of each line is spelled out by the query itself (json_quote),
 # so a row reaches Python as a few strings instead of ten values: building Python objects for
@@ -134,6 +143,7 @@ class ExportResult:
     sha256: str
     seconds: float
     position: LedgerPosition
+    processes: int = 1  # 2 when a helper process wrote the later half
 
 
 def check_format(fmt: str) -> str:
@@ -163,16 +173,25 @@ def _accepted_statement(filters: ExportFilters) -> tuple[Any, dict[str, list[str
     return stmt, params
 
 
-def _sqlite_statement(filters: ExportFilters, select: str = _ACCEPTED_COLUMNS
-                      ) -> tuple[str, list[str]]:
+def _sqlite_statement(filters: ExportFilters, select: str = _ACCEPTED_COLUMNS,
+                      rows: RowRange | None = None) -> tuple[str, list[Any]]:
     """The same query for the DBAPI cursor: qmark placeholders, one per value; `select` is
-    the column list."""
+    the column list; `rows` narrows it to a slice of one snapshot (see RowRange)."""
     clauses, params = [], []
     for column, _name, values in _filter_clauses(filters):
         marks = ",".join("?" * len(values))
         columns = column.split("|")
         clauses.append(" OR ".join(f"{c} IN ({marks})" for c in columns))
         params.extend(list(values) * len(columns))
+    if rows is not None:
+        clauses.append("acc.seq <= ?")
+        params.append(rows.head_seq)
+        if rows.after_job_seq is not None:
+            clauses.append("j.seq > ?")
+            params.append(rows.after_job_seq)
+        if rows.upto_job_seq is not None:
+            clauses.append("j.seq <= ?")
+            params.append(rows.upto_job_seq)
     return _ACCEPTED_SQL.format(select=select, where=_where(clauses)), params
 
 
@@ -347,6 +366,7 @@ class _Written:
     count: int
     filter_versions: frozenset[str]
     prompt_versions: frozenset[str]
+    processes: int = 1
 
 
 def _quote_matches(dbapi_conn: Any) -> bool:
@@ -358,42 +378,93 @@ def _quote_matches(dbapi_conn: Any) -> bool:
     return bool(row) and row[0] == _enc(_QUOTE_PROBE)
 
 
+@dataclass(frozen=True)
+class RowRange:
+    """A slice of the export as of one ledger position, readable from any connection: events
+    are append-only and seq grows with every commit, so the acceptances a snapshot at
+    `head_seq` sees are exactly those with seq <= head_seq, and everything they join to is
+    older still. Jobs are cut by plan order: (after_job_seq, upto_job_seq]."""
+
+    head_seq: int
+    after_job_seq: int | None = None
+    upto_job_seq: int | None = None
+
+
+def write_sqlite_part(dbapi_conn: Any, fmt: str, filters: ExportFilters, rows: RowRange,
+                      sink: Any) -> tuple[int, set[str], set[str]]:
+    """The export lines of `rows`, built by the query, written to `sink` (anything with
+    write(bytes)); returns (count, filter versions, prompt versions)."""
+    sql, values = _sqlite_statement(filters, _sqlite_line_select(fmt), rows)
+    cursor = dbapi_conn.cursor()
+    body = {"sharegpt": _sharegpt_json, "chatml": _chatml_json}.get(fmt)
+
+    def lines_of(batch: Sequence[Sequence[Any]]) -> list[str]:
+        if body is None:
+            lines = [r[0] for r in batch]
+            if None in lines:
+                _inconsistent(dbapi_conn, batch[lines.index(None)][5])
+            return lines
+        return [h + body(_messages_of(m)) + t if m and m[0] == "[" else
+                _inconsistent(dbapi_conn, a) for h, m, t, _f, _p, a in batch]
+
+    try:
+        cursor.execute(sql, values)
+        written = _write_all(_cursor_batches(cursor), lines_of, sink, 3, 4)
+    finally:
+        cursor.close()
+    return written.count, set(written.filter_versions), set(written.prompt_versions)
+
+
 def _write_sqlite_lines(ledger: Ledger, fmt: str, filters: ExportFilters,
-                        sink: AtomicWriter | BackgroundWriter
+                        sink: AtomicWriter | BackgroundWriter, split_min_rows: int
                         ) -> tuple[LedgerPosition, _Written] | None:
     """The export with lines built by the query; None (nothing written) when this SQLite's
-    json_quote cannot be trusted to give the Python encoder's bytes."""
+    json_quote cannot be trusted to give the Python encoder's bytes. A big export is cut in
+    two by plan order and the later half is written by a second process (export_split)."""
+    from .export_split import Helper, helper_database
+
     with ledger.engine.connect() as conn, conn.begin():
         dbapi_conn = conn.connection.dbapi_connection
         if not _quote_matches(dbapi_conn):
             return None
         row = conn.execute(_POSITION_SQL).one()
         position = LedgerPosition(int(row[0]), str(row[1]))
-        sql, values = _sqlite_statement(filters, _sqlite_line_select(fmt))
-        cursor = dbapi_conn.cursor()  # type: ignore[union-attr]
-        body = {"sharegpt": _sharegpt_json, "chatml": _chatml_json}.get(fmt)
-
-        def lines_of(rows: Sequence[Sequence[Any]]) -> list[str]:
-            if body is None:
-                lines = [r[0] for r in rows]
-                if None in lines:
-                    _inconsistent(conn, rows[lines.index(None)][5])
-                return lines
-            return [h + body(_messages_of(m)) + t if m and m[0] == "[" else
-                    _inconsistent(conn, a) for h, m, t, _f, _p, a in rows]
-
+        database = helper_database(ledger)
+        split = (split_point(dbapi_conn, position.head_seq, split_min_rows)
+                 if database is not None else None)
+        helper = None
+        if database is not None and split is not None:
+            helper = Helper.start(database, fmt, filters, RowRange(position.head_seq, split))
         try:
-            cursor.execute(sql, values)
-            written = _write_all(_cursor_batches(cursor), lines_of, sink, 3, 4)
+            count, filter_versions, prompt_versions = write_sqlite_part(
+                dbapi_conn, fmt, filters, RowRange(position.head_seq, upto_job_seq=split), sink)
+            if helper is not None:
+                more, fvs, pvs = helper.finish(sink)
+                count += more
+                filter_versions |= fvs
+                prompt_versions |= pvs
         finally:
-            cursor.close()
-    return position, written
+            if helper is not None:
+                helper.stop()
+    return position, _Written(count, frozenset(filter_versions), frozenset(prompt_versions),
+                              1 if helper is None else 2)
 
 
-def _inconsistent(conn: Any, attempt_id: int) -> str:
-    job_id = conn.exec_driver_sql("SELECT job_id FROM acceptances WHERE attempt_id = ?",
-                                  (attempt_id,)).scalar()
-    return _checked(None, job_id, attempt_id)
+def split_point(dbapi_conn: Any, head_seq: int, min_rows: int) -> int | None:
+    """The job seq that cuts the export as of `head_seq` into two halves of about equal size;
+    None when it holds fewer than `min_rows` dialogues."""
+    total = dbapi_conn.execute(_ACCEPTED_COUNT_SQL, (head_seq,)).fetchone()[0]
+    if total < max(min_rows, 2):
+        return None
+    step = max(1, total // _CUT_SAMPLES)
+    seqs = sorted(r[0] for r in dbapi_conn.execute(_CUT_SAMPLE_SQL, (head_seq, step)))
+    return seqs[len(seqs) // 2] if seqs else None
+
+
+def _inconsistent(dbapi_conn: Any, attempt_id: int) -> str:
+    row = dbapi_conn.execute("SELECT job_id FROM acceptances WHERE attempt_id = ?",
+                             (attempt_id,)).fetchone()
+    return _checked(None, row[0] if row else None, attempt_id)
 
 
 def _write_batches(fmt: str, batches: Iterable[Sequence[Sequence[Any]]],
@@ -438,15 +509,17 @@ def ledger_display(ledger: Ledger) -> str:
 
 
 def export_dialogues(ledger: Ledger, out: str | Path, fmt: str = "messages",
-                     filters: ExportFilters = ExportFilters(),
-                     force: bool = False) -> ExportResult:
-    """Write the accepted dialogues to `out` (atomically) and its manifest beside it."""
+                     filters: ExportFilters = ExportFilters(), force: bool = False,
+                     split_min_rows: int = SPLIT_MIN_ROWS) -> ExportResult:
+    """Write the accepted dialogues to `out` (atomically) and its manifest beside it. An
+    export of at least `split_min_rows` dialogues from a SQLite file is written by two
+    processes where two cores are free; the bytes are the same either way."""
     check_format(fmt)
     path = Path(out)
     check_target(path, force)
     started = time.perf_counter()
     with atomic_write(path, overwrite=force) as sink, written_behind(sink) as pipe:
-        done = (_write_sqlite_lines(ledger, fmt, filters, pipe)
+        done = (_write_sqlite_lines(ledger, fmt, filters, pipe, split_min_rows)
                 if ledger.dialect == "sqlite" else None)
         if done is not None:
             position, written = done
@@ -466,14 +539,14 @@ def export_dialogues(ledger: Ledger, out: str | Path, fmt: str = "messages",
     manifest_path = write_manifest(path, manifest)
     return ExportResult(path=path, manifest_path=manifest_path, format=fmt, count=written.count,
                         bytes=sink.bytes_written, sha256=sink.sha256, seconds=seconds,
-                        position=position)
+                        position=position, processes=written.processes)
 
 
 def export_text(result: ExportResult) -> str:
     rate = result.count / result.seconds if result.seconds > 0 else 0.0
     lines = [f"exported {result.count:,} dialogues ({result.format}) to {result.path} "
              f"({result.bytes:,} bytes, sha256 {result.sha256[:16]}) in {result.seconds:.2f} s "
-             f"({rate:,.0f}/s)",
+             f"({rate:,.0f}/s{', 2 processes' if result.processes == 2 else ''})",
              f"manifest: {result.manifest_path} (ledger at seq {result.position.head_seq})"]
     if result.count == 0:
         lines.append("no accepted dialogue matches: run `python cli.py run` first, or widen "

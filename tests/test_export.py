@@ -272,34 +272,41 @@ def test_lines_match_json_dumps_for_awkward_content() -> None:
         export_line("sharegpt", (*row[:9], None))
 
 
+def _accept(store: Any, run_id: str, stored: list[str | None],
+            models: list[str | None]) -> None:
+    """Claim one open job per stored-messages value and accept it with that value as its
+    verdict's messages, served by the model at the same place."""
+    from ledger.records import OutcomeRecord, VerdictRecord
+
+    store.start_run(run_id, "h", 1, PROMPT_VERSION, FILTER_VERSION, {})
+    now = time.time()
+    for job, messages, model in zip(store.claim(run_id, len(stored), now, 60), stored, models):
+        start = store.begin_attempt(job.job_id, run_id, "req/model", 0, PROMPT_VERSION, 200,
+                                    0.01, None, now, 60)
+        store.finish_attempt(start.attempt_id, job.job_id, run_id,
+                             OutcomeRecord("ok", COST_USD, "response", model_served=model),
+                             VerdictRecord(FILTER_VERSION, True, (), 3, 1, False, {}, messages),
+                             accept=True)
+
+
 def test_lines_built_by_sqlite_equal_the_python_encoders_bytes(tmp_path: Path) -> None:
     """On SQLite the query spells out each line's metadata (json_quote); whatever a server
     sent as its model name, and whatever the dialogue holds, the bytes are the ones the Python
     encoder gives for the same rows."""
     from conftest import make_jobs
     from ledger.export import accepted_rows, export_line
-    from ledger.records import OutcomeRecord, VerdictRecord
     from ledger.store import Store
 
     path = tmp_path / "odd.db"
     ledger = open_ledger(str(path))
     store = Store(ledger)
     store.plan_jobs(make_jobs(4))
-    store.start_run("r", "h", 1, PROMPT_VERSION, FILTER_VERSION, {})
-    now = time.time()
     odd_models = ['m"od\\el\x01\x1f\u2028\u00e9\U0001f600', "plain/model", "tab\tnew\nline\x7f",
                   None]
-    for job, model in zip(store.claim("r", 4, now, 60), odd_models):
-        start = store.begin_attempt(job.job_id, "r", "req/model", 0, PROMPT_VERSION, 200, 0.01,
-                                    None, now, 60)
-        messages = [{"role": "system", "content": "s\u2029 \\ /"},
-                    {"role": "user", "content": 'I no "like" coffee\x00\x08\x0c'},
-                    {"role": "assistant", "content": "Why?\r\n\u00e9\U0001f600"}]
-        verdict = VerdictRecord(FILTER_VERSION, True, (), 3, 1, False, {},
-                                json.dumps(messages, ensure_ascii=False))
-        store.finish_attempt(start.attempt_id, job.job_id, "r",
-                             OutcomeRecord("ok", 0.001, "response", model_served=model),
-                             verdict, accept=True)
+    messages = [{"role": "system", "content": "s\u2029 \\ /"},
+                {"role": "user", "content": 'I no "like" coffee\x00\x08\x0c'},
+                {"role": "assistant", "content": "Why?\r\n\u00e9\U0001f600"}]
+    _accept(store, "r", [json.dumps(messages, ensure_ascii=False)] * 4, odd_models)
     store.close()
     with accepted_rows(ledger) as (_position, batches):
         rows = [row for batch in batches for row in batch]
@@ -310,3 +317,93 @@ def test_lines_built_by_sqlite_equal_the_python_encoders_bytes(tmp_path: Path) -
         expected = "".join(export_line(fmt, row) + "\n" for row in rows)
         assert out.read_text(encoding="utf-8") == expected
     ledger.dispose()
+
+
+def test_a_two_process_export_writes_the_same_bytes_as_one(big_db: Path, tmp_path: Path) -> None:
+    """A big export is cut by plan order and its later half written by a helper process; the
+    file, its count and its versions are what one process writes, in every format and with a
+    filter that leaves the halves uneven."""
+    ledger = open_ledger(str(big_db), readonly=True)
+    try:
+        for fmt in ("messages", "sharegpt", "chatml"):
+            for filters in (ExportFilters(), ExportFilters.from_names(l1s=["korean"])):
+                one = export_dialogues(ledger, tmp_path / f"one-{fmt}.jsonl", fmt, filters,
+                                       force=True, split_min_rows=10**9)
+                two = export_dialogues(ledger, tmp_path / f"two-{fmt}.jsonl", fmt, filters,
+                                       force=True, split_min_rows=1)
+                assert (one.processes, two.processes) == (1, 2)
+                assert two.path.read_bytes() == one.path.read_bytes()
+                assert (two.count, two.sha256) == (one.count, one.sha256)
+                assert one.count == 6000 if filters.l1s is None else 0 < one.count < 6000
+                m1, m2 = (json.loads(r.manifest_path.read_text()) for r in (one, two))
+                assert {k: v for k, v in m2.items() if k not in ("file", "created_at_utc")} == \
+                    {k: v for k, v in m1.items() if k not in ("file", "created_at_utc")}
+    finally:
+        ledger.dispose()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_helper_that_fails_fails_the_export_and_writes_nothing(tmp_path: Path) -> None:
+    """An inconsistent row in the helper's half is reported as it would be by one process."""
+    from conftest import make_jobs
+    from ledger.store import Store
+
+    path = tmp_path / "broken.db"
+    ledger = open_ledger(str(path))
+    store = Store(ledger)
+    store.plan_jobs(make_jobs(8))
+    good = json.dumps([{"role": "user", "content": "hi"}])
+    _accept(store, "r", [good] * 7 + [None], ["m"] * 8)  # the last job, in the helper's half
+    store.close()
+    out = tmp_path / "out" / "train.jsonl"
+    out.parent.mkdir()
+    for fmt in ("messages", "sharegpt"):
+        with pytest.raises(LedgerError, match=r"accepted attempt \d+ of job .* no stored messages"):
+            export_dialogues(ledger, out, fmt, split_min_rows=1)
+        assert list(out.parent.iterdir()) == []
+    ledger.dispose()
+
+
+def test_a_killed_two_process_export_leaves_only_its_temp_file(big_db: Path,
+                                                                tmp_path: Path) -> None:
+    """The helper writes into an unnamed file: killing the export leaves the dead writer's temp
+    file (removed by the next export) and nothing else."""
+    out = tmp_path / "train.jsonl"
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); from ledger.db import open_ledger; "
+              "from ledger.export import export_dialogues; "
+              "export_dialogues(open_ledger(sys.argv[2], readonly=True), sys.argv[3], "
+              "'sharegpt', split_min_rows=1)")
+    _kill_mid_write([sys.executable, "-c", script, str(ROOT), str(big_db), str(out)], tmp_path,
+                    out.name)
+    time.sleep(1.0)  # the orphaned helper finishes its half into the unnamed file and exits
+    assert [p.name for p in tmp_path.iterdir()] == [p.name for p in _temps(tmp_path, out.name)]
+    assert len(_temps(tmp_path, out.name)) == 1
+
+
+def test_a_row_range_reads_one_ledger_position_from_any_connection(small_db: Path,
+                                                                   tmp_path: Path) -> None:
+    """What the helper relies on: rows as of seq N, read on a new connection after more jobs
+    were accepted, are exactly the export taken at seq N."""
+    import io
+    import shutil
+    import sqlite3
+
+    from ledger.export import RowRange, write_sqlite_part
+    from ledger.store import Store
+
+    path = tmp_path / "copy.db"
+    shutil.copy(small_db, path)
+    ledger = open_ledger(str(path))
+    before = export_dialogues(ledger, tmp_path / "before.jsonl", "sharegpt")
+    store = Store(ledger)
+    _accept(store, "later", [json.dumps([{"role": "user", "content": "x"}])] * 5, [MODEL] * 5)
+    store.close()
+    ledger.dispose()
+    conn = sqlite3.connect(path)
+    buf = io.BytesIO()
+    count, _f, _p = write_sqlite_part(conn, "sharegpt", ExportFilters(),
+                                      RowRange(before.position.head_seq), buf)
+    conn.close()
+    assert count == before.count == 40
+    assert buf.getvalue() == before.path.read_bytes()
+    assert len(query(path, "SELECT job_id FROM acceptances")) == 45  # the later five exist

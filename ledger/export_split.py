@@ -1,0 +1,114 @@
+"""A big SQLite export written by two processes.
+
+This process writes the first half of the file in plan order; a helper process, started here,
+writes the second half on its own read-only connection. Both read the same ledger position (a
+RowRange: append-only events make "as of seq N" readable from any connection), so the file is
+byte for byte what one process would write. The helper writes into an unnamed temp file (it
+vanishes with its last descriptor, so a killed export leaves nothing behind) that is appended
+after this process's half, through the same hashing writer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from sqlalchemy.engine import make_url
+
+from .db import BUSY_TIMEOUT_MS, Ledger
+from .errors import LedgerError
+from .export import ExportFilters, RowRange, write_sqlite_part
+
+_COPY_BYTES = 4 << 20
+
+
+def helper_database(ledger: Ledger) -> Path | None:
+    """The ledger's file when a helper process can share the work: a SQLite file, and a
+    second core this process may use."""
+    if ledger.dialect != "sqlite" or len(os.sched_getaffinity(0)) < 2:
+        return None
+    name = make_url(ledger.url).database
+    if not name or name == ":memory:" or name.startswith("file:"):
+        return None
+    return Path(name).resolve()
+
+
+class Helper:
+    """The helper process and the unnamed file it writes."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], part: BinaryIO) -> None:
+        self._proc = proc
+        self._part = part
+
+    @classmethod
+    def start(cls, database: Path, fmt: str, filters: ExportFilters, rows: RowRange) -> Helper:
+        part = tempfile.TemporaryFile(dir=database.parent)
+        spec = {"database": str(database), "format": fmt, "filters": filters.as_dict(),
+                "rows": [rows.head_seq, rows.after_job_seq, rows.upto_job_seq],
+                "fd": part.fileno()}
+        # Its own session: Ctrl-C reaches only this process, which stops the helper itself.
+        proc = subprocess.Popen([sys.executable, "-m", "ledger.export_split", json.dumps(spec)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, pass_fds=(part.fileno(),),
+                                start_new_session=True, cwd=Path(__file__).resolve().parent.parent)
+        return cls(proc, part)
+
+    def finish(self, sink: Any) -> tuple[int, set[str], set[str]]:
+        """Wait for the helper, append what it wrote to `sink`; returns (count, filter versions,
+        prompt versions) of its half."""
+        out, err = self._proc.communicate()
+        if self._proc.returncode != 0:
+            lines = [x for x in err.decode("utf-8", "replace").splitlines() if x.strip()]
+            raise LedgerError(lines[-1] if lines else
+                              f"the export helper stopped with exit code {self._proc.returncode}")
+        done = json.loads(out)
+        self._part.seek(0)
+        while chunk := self._part.read(_COPY_BYTES):
+            sink.write(chunk)
+        return int(done["count"]), set(done["filter_versions"]), set(done["prompt_versions"])
+
+    def stop(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._part.close()
+
+
+def _filters_from(d: dict[str, Sequence[str] | None]) -> ExportFilters:
+    def tup(key: str) -> tuple[str, ...] | None:
+        return tuple(d[key]) if d.get(key) else None  # type: ignore[arg-type]
+
+    return ExportFilters(tup("l1"), tup("pattern"), tup("level"), tup("model"))
+
+
+def main(argv: Sequence[str]) -> int:
+    """The helper: write the rows of the spec in argv[1] to the inherited descriptor."""
+    spec = json.loads(argv[1])
+    uri = Path(spec["database"]).as_uri() + "?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        conn.execute("BEGIN")
+        with open(spec["fd"], "wb", buffering=_COPY_BYTES, closefd=True) as fh:
+            count, fvs, pvs = write_sqlite_part(conn, spec["format"],
+                                                _filters_from(spec["filters"]),
+                                                RowRange(*spec["rows"]), fh)
+    except LedgerError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    finally:
+        conn.close()
+    print(json.dumps({"count": count, "filter_versions": sorted(fvs),
+                      "prompt_versions": sorted(pvs)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
