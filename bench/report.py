@@ -237,7 +237,9 @@ def _scale(sc: dict[str, Any]) -> str:
                            "one core: seconds", "one core: dialogues/s", "result"]))
         out.append("Exports are timed spawn to exit, once on all the machine's cores (as a user "
                    "runs them; no simulator runs in this section) and once pinned to the "
-                   "harness's one client core. The export hashes and writes on a second thread.")
+                   "harness's one client core. The export hashes and writes on a second thread; "
+                   "on two or more cores a helper process writes the later half of the file "
+                   "(one core: a single process, so that column is the one-process figure).")
     elif ex.get("export"):
         out.append("export: " + ex["export"])
     if isinstance(ex.get("reports"), list) and ex["reports"]:
