@@ -266,3 +266,21 @@ def test_group_commit_isolates_a_failing_write_from_the_rest_of_its_group(store,
 
     # The projections written inside the group match a replay, and the chain links.
     assert check_projections(ledger).ok and check_chain(ledger).ok
+
+
+def test_event_timestamps_are_utc_iso_with_microseconds_and_sort_in_time_order():
+    from datetime import datetime, timedelta, timezone
+
+    from ledger.records import utc_now
+
+    before = datetime.now(timezone.utc)
+    stamps = [utc_now() for _ in range(2000)]
+    after = datetime.now(timezone.utc)
+    parsed = [datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+              for s in stamps]
+    assert all(len(s) == 27 for s in stamps)
+    assert stamps == sorted(stamps)
+    assert before - timedelta(microseconds=1) <= parsed[0] <= parsed[-1] <= after
+    time.sleep(1.01)  # a new second: its date and time are formatted afresh
+    later = datetime.strptime(utc_now(), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    assert abs(later - datetime.now(timezone.utc)) < timedelta(seconds=0.5)
