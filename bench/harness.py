@@ -83,7 +83,7 @@ def measured_run(ledger: Ledger, config: RunConfig, base_url: str, *,
                  time_cap_s: float | None = None) -> RunFigures:
     prices = prices_for(ledger)
     seq0 = head_seq(ledger)
-    with OpenRouterClient(base_url, BENCH_KEY, pool_size=max(config.concurrency, 1)) as client:
+    with OpenRouterClient(base_url, BENCH_KEY) as client:
         runner = Runner(ledger, client, prices, config)
         runner.start(dead_runs_here(ledger))
         timer = None

@@ -63,7 +63,7 @@ def run_jsonl(jobs: list[dict[str, Any]], base_url: str, out: Path, concurrency:
     counts = {"accepted": 0, "attempts": 0, "lines": 0}
     config = FilterConfig()
 
-    with OpenRouterClient(base_url, BENCH_KEY, pool_size=concurrency) as client, \
+    with OpenRouterClient(base_url, BENCH_KEY) as client, \
             out.open("a", encoding="utf-8") as sink:
 
         def one(job: dict[str, Any]) -> None:

@@ -114,8 +114,7 @@ def run(ledger: Ledger, config: RunConfig, *, base_url: str | None = None,
     key = api_key or api_key_from_env()
     url = base_url_from(base_url)
     prices = prices_for(ledger)
-    pool = max(config.concurrency, 1)
-    with OpenRouterClient(url, key, pool_size=pool) as client:
+    with OpenRouterClient(url, key) as client:
         note = preflight(client, prices, config)
         open_jobs = queries.open_job_count(ledger)
         runner = Runner(ledger, client, prices, config)
