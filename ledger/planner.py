@@ -125,12 +125,13 @@ def interleave(new_by_cell: Sequence[Sequence[PlannedJob]],
     plan takes every cell's jobs at one level before any at the next. Runs claim jobs in plan
     order, so a run stopped early (credit, budget, Ctrl-C) leaves every cell as evenly
     covered as the whole plan would, not the first cells full and the rest empty."""
-    if not new_by_cell:
+    adding = [(jobs, e) for jobs, e in zip(new_by_cell, existing) if jobs]
+    if not adding:
         return []
-    base = min(existing)
+    base = min(e for _jobs, e in adding)
     fills: list[list[PlannedJob]] = [[] for _ in range(
-        max(e + len(jobs) for jobs, e in zip(new_by_cell, existing)) - base)]
-    for jobs, e in zip(new_by_cell, existing):
+        max(e + len(jobs) for jobs, e in adding) - base)]
+    for jobs, e in adding:
         for fill, job in enumerate(jobs, e - base):
             fills[fill].append(job)
     return [job for same_fill in fills for job in same_fill]

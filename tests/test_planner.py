@@ -85,6 +85,20 @@ def test_a_run_stopped_anywhere_has_covered_every_cell_evenly(ledger):
     _assert_every_prefix_balanced(both[1000:], Counter(first))
 
 
+def test_interleave_orders_new_jobs_by_the_fill_level_they_bring_their_cell_to():
+    from ledger.planner import interleave
+    from ledger.records import PlannedJob
+
+    def jobs(cell, n):  # type: ignore[no-untyped-def]
+        return [PlannedJob(f"{cell}{i}", cell, "p", "e", "c", "beginner", i, "t", "p")
+                for i in range(1, n + 1)]
+
+    # Cells a..d hold 5, a million, 6 and 4 jobs; b gets none and must not matter.
+    order = interleave([jobs("a", 2), [], jobs("c", 1), jobs("d", 3)], [5, 10**6, 6, 4])
+    assert [j.job_id for j in order] == ["d1", "a1", "d2", "a2", "c1", "d3"]
+    assert interleave([], []) == [] and interleave([[]], [3]) == []
+
+
 def test_levels_split_evenly_and_pairs_used_before_repeating(ledger):
     catalog = load_catalog()
     cells = len(catalog.cells())
