@@ -13,9 +13,10 @@ import sqlite3
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from sqlalchemy import create_engine, event, inspect
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.exc import DatabaseError as SADatabaseError
 from sqlalchemy.pool import NullPool
@@ -35,7 +36,10 @@ def resolve_url(db: str | None) -> str:
     value = db or os.environ.get("LEDGER_DB") or DEFAULT_DB
     if "://" in value:
         return value
-    return "sqlite:///" + str(Path(value).expanduser().resolve())
+    # Built, not concatenated: '?', '#' and '%' in a path are escaped, so the URL names this
+    # file and no other ("sqlite:////a?b/ledger.db" would be the file /a).
+    return URL.create("sqlite", database=str(Path(value).expanduser().resolve())
+                      ).render_as_string(hide_password=False)
 
 
 def _check_sqlite_file(path: str) -> None:
@@ -151,7 +155,10 @@ def make_engine(url: str, *, readonly: bool = False) -> Engine:
                 if not Path(path).exists():
                     raise DatabaseError(f"no ledger at {path}; run `python cli.py plan` first "
                                         "or pass --db")
-                ro_url = f"sqlite:///file:{path}?mode=ro&uri=true"
+                # A SQLite URI: the path percent-encoded, or a '#' or '?' in it would cut it
+                # short (and open some other file read-write).
+                ro_url = URL.create("sqlite", database="file:" + quote(path),
+                                    query={"mode": "ro", "uri": "true"})
                 engine = create_engine(ro_url, poolclass=NullPool)
                 _install_readonly_sqlite_settings(engine)
             else:

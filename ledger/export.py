@@ -416,11 +416,13 @@ def write_sqlite_part(dbapi_conn: Any, fmt: str, filters: ExportFilters, rows: R
 
 
 def _write_sqlite_lines(ledger: Ledger, fmt: str, filters: ExportFilters,
-                        sink: AtomicWriter | BackgroundWriter, split_min_rows: int
-                        ) -> tuple[LedgerPosition, _Written] | None:
+                        sink: AtomicWriter | BackgroundWriter, split_min_rows: int,
+                        scratch: Path) -> tuple[LedgerPosition, _Written] | None:
     """The export with lines built by the query; None (nothing written) when this SQLite's
     json_quote cannot be trusted to give the Python encoder's bytes. A big export is cut in
-    two by plan order and the later half is written by a second process (export_split)."""
+    two by plan order and the later half is written by a second process (export_split), its
+    bytes held in an unnamed file in `scratch`; when no helper can be started, this process
+    writes it all."""
     from .export_split import Helper, helper_database
 
     with ledger.engine.connect() as conn, conn.begin():
@@ -434,7 +436,10 @@ def _write_sqlite_lines(ledger: Ledger, fmt: str, filters: ExportFilters,
                  if database is not None else None)
         helper = None
         if database is not None and split is not None:
-            helper = Helper.start(database, fmt, filters, RowRange(position.head_seq, split))
+            helper = Helper.start(database, fmt, filters, RowRange(position.head_seq, split),
+                                  scratch)
+            if helper is None:
+                split = None
         try:
             count, filter_versions, prompt_versions = write_sqlite_part(
                 dbapi_conn, fmt, filters, RowRange(position.head_seq, upto_job_seq=split), sink)
@@ -519,7 +524,7 @@ def export_dialogues(ledger: Ledger, out: str | Path, fmt: str = "messages",
     check_target(path, force)
     started = time.perf_counter()
     with atomic_write(path, overwrite=force) as sink, written_behind(sink) as pipe:
-        done = (_write_sqlite_lines(ledger, fmt, filters, pipe, split_min_rows)
+        done = (_write_sqlite_lines(ledger, fmt, filters, pipe, split_min_rows, path.parent)
                 if ledger.dialect == "sqlite" else None)
         if done is not None:
             position, written = done

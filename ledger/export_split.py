@@ -48,16 +48,28 @@ class Helper:
         self._part = part
 
     @classmethod
-    def start(cls, database: Path, fmt: str, filters: ExportFilters, rows: RowRange) -> Helper:
-        part = tempfile.TemporaryFile(dir=database.parent)
+    def start(cls, database: Path, fmt: str, filters: ExportFilters, rows: RowRange,
+              scratch: Path) -> Helper | None:
+        """The helper writing `rows`, its bytes held in an unnamed file in `scratch` (the
+        export's own directory, which is writable); None when it cannot be started (no room
+        for a file, no process to spare): the caller then writes every row itself."""
+        try:
+            part = tempfile.TemporaryFile(dir=scratch)
+        except OSError:
+            return None
         spec = {"database": str(database), "format": fmt, "filters": filters.as_dict(),
                 "rows": [rows.head_seq, rows.after_job_seq, rows.upto_job_seq],
                 "fd": part.fileno()}
-        # Its own session: Ctrl-C reaches only this process, which stops the helper itself.
-        proc = subprocess.Popen([sys.executable, "-m", "ledger.export_split", json.dumps(spec)],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, pass_fds=(part.fileno(),),
-                                start_new_session=True, cwd=Path(__file__).resolve().parent.parent)
+        try:
+            # Its own session: Ctrl-C reaches only this process, which stops the helper.
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "ledger.export_split", json.dumps(spec)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                pass_fds=(part.fileno(),), start_new_session=True,
+                cwd=Path(__file__).resolve().parent.parent)
+        except OSError:
+            part.close()
+            return None
         return cls(proc, part)
 
     def finish(self, sink: Any) -> tuple[int, set[str], set[str]]:

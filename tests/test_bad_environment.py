@@ -253,3 +253,22 @@ def test_a_non_utf8_body_is_recorded_as_an_error_not_a_crash(tmp_path: Path) -> 
     assert [o[0] for o in outcomes] == [200, 502]
     assert outcomes[0][1] != "ok" and outcomes[1][1] == "server_error"
     assert state == "failed"
+
+
+@pytest.mark.parametrize("directory", ["with space", "c# and ?query", "100% done %20"])
+def test_a_ledger_path_with_url_characters_names_that_file(tmp_path: Path,
+                                                           directory: str) -> None:
+    """'#', '?' and '%' mean something in a URL; in --db they are just part of the path. Every
+    command reaches the same file, and nothing is created anywhere else."""
+    home = tmp_path / directory
+    home.mkdir()
+    db = str(home / "ledger.db")
+    assert run_cli("--db", db, "plan", "--target", "12").returncode == 0
+    status = run_cli("--db", db, "status", "--format", "json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["planned"] == 12
+    export = run_cli("--db", db, "export", "--out", str(home / "out.jsonl"))
+    assert export.returncode == 0, export.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [directory]
+    assert {p.name for p in home.iterdir()} <= {"ledger.db", "ledger.db-wal", "ledger.db-shm",
+                                                "out.jsonl", "out.jsonl.manifest.json"}

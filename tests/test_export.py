@@ -407,3 +407,30 @@ def test_a_row_range_reads_one_ledger_position_from_any_connection(small_db: Pat
     assert count == before.count == 40
     assert buf.getvalue() == before.path.read_bytes()
     assert len(query(path, "SELECT job_id FROM acceptances")) == 45  # the later five exist
+
+
+def test_a_helper_reads_a_ledger_whose_path_needs_quoting(small_db: Path, tmp_path: Path) -> None:
+    """The helper opens the ledger by URI: spaces, '#', '?' and '%' in its path must survive."""
+    import shutil
+
+    odd = tmp_path / "a dir #1 ?x %20" / "led ger.db"
+    odd.parent.mkdir()
+    shutil.copy(small_db, odd)
+    ledger = open_ledger(str(odd), readonly=True)
+    try:
+        one = export_dialogues(ledger, tmp_path / "one.jsonl", "chatml", split_min_rows=10**9)
+        two = export_dialogues(ledger, tmp_path / "two.jsonl", "chatml", split_min_rows=1)
+    finally:
+        ledger.dispose()
+    assert (one.processes, two.processes, two.count) == (1, 2, 40)
+    assert two.path.read_bytes() == one.path.read_bytes()
+
+
+def test_no_helper_is_started_where_it_cannot_keep_its_file(small_db: Path,
+                                                            tmp_path: Path) -> None:
+    """A helper needs a file for its half; without one the export runs in one process."""
+    from ledger.export import RowRange
+    from ledger.export_split import Helper
+
+    assert Helper.start(small_db, "messages", ExportFilters(), RowRange(1, 0),
+                        tmp_path / "missing") is None
