@@ -9,6 +9,7 @@ that comes back, server echoes and exception texts included.
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import os
@@ -24,6 +25,7 @@ from requests.adapters import HTTPAdapter
 
 from ledger.errors import KeyRejected, LedgerError, UsageError
 from ledger.retry import NEXT_MODEL, RETRYABLE, STOP_RUN, parse_retry_after
+from ledger.transport import ChatConnection, ContentEncodingError, read_body
 
 __all__ = ["ERROR_CLASSES", "CallOutcome", "OpenRouterClient", "classify", "parse_retry_after"]
 
@@ -215,7 +217,13 @@ class OpenRouterClient:
         self._verify: bool | str = _environ_ca_bundle() or True
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
+        self._chat_connections: list[ChatConnection] = []
         self._sessions_lock = threading.Lock()
+        # Without a proxy, chat calls take the short route (ledger/transport.py); through a
+        # proxy they go by urllib3's pool as requests resolves it (see _chat_route).
+        self._direct = not self._proxies
+        self._direct_headers = {**self._headers, "User-Agent": requests.utils.default_user_agent(),
+                                "Accept-Encoding": "identity"}
 
     def __repr__(self) -> str:
         return f"OpenRouterClient(base_url={self.base_url!r}, timeout={self._timeout!r})"
@@ -236,6 +244,8 @@ class OpenRouterClient:
             payload.update(extra)
         data = json.dumps(payload).encode("utf-8")
         started = time.perf_counter()
+        if self._direct:
+            return self._chat_direct(data, started)
         response: urllib3.BaseHTTPResponse | None = None
         try:
             pool, url, template = self._chat_route()
@@ -254,6 +264,28 @@ class OpenRouterClient:
         finally:
             if response is not None:
                 response.release_conn()
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        return self._outcome(response.status, response.headers, raw, latency_ms)
+
+    def _chat_direct(self, data: bytes, started: float) -> CallOutcome:
+        """The call on this thread's own http.client connection (no proxy; see transport)."""
+        conn = getattr(self._local, "chat", None)
+        if conn is None:
+            conn = self._local.chat = ChatConnection(self._chat_url, self._verify,
+                                                     *self._timeout)
+            with self._sessions_lock:
+                self._chat_connections.append(conn)
+        headers = dict(self._direct_headers)
+        headers["Content-Length"] = str(len(data))
+        response: http.client.HTTPResponse | None = None
+        try:
+            response = conn.post(data, headers)
+            raw = read_body(response)
+        except (OSError, http.client.HTTPException, ContentEncodingError) as exc:
+            conn.close()
+            return self._failure(exc, response, started)
+        if response.will_close:
+            conn.close()
         latency_ms = (time.perf_counter() - started) * 1000.0
         return self._outcome(response.status, response.headers, raw, latency_ms)
 
@@ -296,13 +328,14 @@ class OpenRouterClient:
             return None
         return self._one_line(_snippet(raw)) if raw else None
 
-    def _failure(self, exc: Exception, response: urllib3.BaseHTTPResponse | None,
+    def _failure(self, exc: Exception,
+                 response: urllib3.BaseHTTPResponse | http.client.HTTPResponse | None,
                  started: float) -> CallOutcome:
         if isinstance(exc, urllib3.exceptions.NewConnectionError):
             error_class = "connection_error"  # refused or unresolvable, not slow
         elif isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError)):
             error_class = "timeout"
-        elif isinstance(exc, urllib3.exceptions.DecodeError):
+        elif isinstance(exc, (urllib3.exceptions.DecodeError, ContentEncodingError)):
             error_class = "malformed"
         else:
             error_class = "connection_error"
@@ -422,8 +455,11 @@ class OpenRouterClient:
         """Close every thread's connections. The client stays usable; later calls reconnect."""
         with self._sessions_lock:
             sessions, self._sessions = self._sessions, []
+            chats, self._chat_connections = self._chat_connections, []
         for session in sessions:
             session.close()
+        for chat in chats:
+            chat.close()
         self._local = threading.local()
 
     def _clean(self, text: str | None) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import struct
 import threading
 from collections import deque
@@ -61,9 +62,11 @@ NOTHING_QUEUED = Reply(500, {"error": {"code": 500, "message": "scripted server:
 
 
 class ScriptedServer:
-    """Use as a context manager; `url` is `http://127.0.0.1:<port>`."""
+    """Use as a context manager; `url` is `http://127.0.0.1:<port>`, or with `tls` (a
+    (certificate, key) file pair) `https://<tls_host>:<port>`."""
 
-    def __init__(self, default: Reply | None = None) -> None:
+    def __init__(self, default: Reply | None = None, tls: tuple[str, str] | None = None,
+                 tls_host: str = "localhost") -> None:
         self.default = default or NOTHING_QUEUED
         self.received: list[Received] = []
         self._queue: deque[Reply] = deque()
@@ -71,12 +74,19 @@ class ScriptedServer:
         # Hanging handlers wait on this so shutdown never blocks on them.
         self._released = threading.Event()
         self._httpd = _Server(("127.0.0.1", 0), _handler_for(self))
+        self._tls_host = tls_host if tls else None
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
         # A short poll interval keeps shutdown (and so every test's teardown) quick.
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), daemon=True)
 
     @property
     def url(self) -> str:
         host, port = self._httpd.server_address[:2]
+        if self._tls_host:
+            return f"https://{self._tls_host}:{port}"
         return f"http://{host}:{port}"
 
     def queue(self, *replies: Reply) -> None:

@@ -135,11 +135,12 @@ def test_a_read_only_ledger_is_refused_before_any_paid_request(tmp_path: Path, s
 def fill(directory: Path) -> Path:
     """Write until the filesystem refuses; returns the filler file."""
     filler = directory / "filler"
-    with open(filler, "wb") as fh:
+    # Unbuffered: a buffered file still holds the chunk that did not fit and raises ENOSPC
+    # again when the `with` closes it.
+    with open(filler, "wb", buffering=0) as fh:
         try:
             while True:
                 fh.write(b"\0" * 65536)
-                fh.flush()
         except OSError:
             pass
     return filler

@@ -638,3 +638,77 @@ def test_rate_limiter_acquire_stops_early_on_stop_event():
 def test_rate_limiter_rejects_non_positive_rpm(rpm):
     with pytest.raises(UsageError, match="rpm"):
         RateLimiter(rpm)
+
+
+# --- TLS: chat calls on the client's own connection check certificates as requests would ------
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A throwaway CA and a server certificate it signed for the name "localhost" only."""
+    import subprocess
+
+    d = tmp_path_factory.mktemp("tls")
+    from pathlib import Path
+
+    files = {name: str(d / name) for name in ("ca.key", "ca.pem", "srv.key", "srv.csr",
+                                              "srv.pem", "san.cnf")}
+    Path(files["san.cnf"]).write_text("subjectAltName=DNS:localhost\n")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", files["ca.key"],
+            "-out", files["ca.pem"], "-days", "2", "-subj", "/CN=scaffold-ledger test CA")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", files["srv.key"], "-out",
+            files["srv.csr"], "-subj", "/CN=localhost")
+    openssl("x509", "-req", "-in", files["srv.csr"], "-CA", files["ca.pem"], "-CAkey",
+            files["ca.key"], "-CAcreateserial", "-out", files["srv.pem"], "-days", "2",
+            "-extfile", files["san.cnf"])
+    return files
+
+
+def test_chat_over_tls_verifies_the_server_against_the_ca_bundle(tls_files, monkeypatch):
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", tls_files["ca.pem"])
+    with ScriptedServer(tls=(tls_files["srv.pem"], tls_files["srv.key"])) as server:
+        with OpenRouterClient(server.url, KEY) as client:
+            server.reply(200, completion())
+            server.reply(200, completion())
+            first = client.chat("m", [{"role": "user", "content": "hi"}], 10)
+            second = client.chat("m", [{"role": "user", "content": "hi"}], 10)
+            server.reply(200, {"data": {"limit": 5}})
+            assert client.key_info() == {"limit": 5}  # the GET route trusts the same bundle
+    assert (first.error_class, second.error_class) == ("ok", "ok")
+    assert server.received[0].client_port == server.received[1].client_port  # kept alive
+    assert server.received[0].headers["Authorization"] == f"Bearer {KEY}"
+
+
+@pytest.mark.parametrize("case", ["unknown CA", "wrong host name"])
+def test_chat_over_tls_refuses_an_untrusted_server(tls_files, monkeypatch, case):
+    if case == "wrong host name":  # the certificate names localhost; we dial 127.0.0.1
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", tls_files["ca.pem"])
+        host = "127.0.0.1"
+    else:
+        monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+        monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+        host = "localhost"
+    with ScriptedServer(tls=(tls_files["srv.pem"], tls_files["srv.key"]),
+                        tls_host=host) as server:
+        server.reply(200, completion())
+        with OpenRouterClient(server.url, KEY) as client:
+            outcome = client.chat("m", [{"role": "user", "content": "hi"}], 10)
+    assert outcome.error_class == "connection_error"
+    assert outcome.http_status is None and "CERTIFICATE_VERIFY_FAILED" in (outcome.message or "")
+    assert server.received == []  # nothing was sent to a server we could not trust
+
+
+def test_through_a_proxy_chat_calls_go_to_the_proxy(server, monkeypatch):
+    """With a proxy in the environment the call goes by urllib3's route to the proxy, which is
+    asked for the API's absolute URL (the API host itself need not resolve from here)."""
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", server.url)
+    api = "http://api.example.invalid:9/api/v1"
+    with OpenRouterClient(api, KEY, timeout_s=2.0, connect_timeout_s=1.0) as client:
+        outcome = chat_once(server, client, Reply(200, completion()))
+    assert outcome.error_class == "ok"
+    assert server.received[0].path == api + "/chat/completions"
