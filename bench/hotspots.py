@@ -24,7 +24,7 @@ PY_SPY = PEERS_VENV / "bin" / "py-spy"
 # First match wins, searched from the outermost frame: a stage is what the worker was doing.
 STAGES = (("filter (ledger/filters.py judge)", "judge ("),
           ("store transactions (ledger/store.py)", "Store."),
-          ("HTTP client (requests/urllib3)", "OpenRouterClient.chat"),
+          ("HTTP client (ledger/client.py, transport.py)", "OpenRouterClient.chat"),
           ("verdict record / dialogue JSON", "verdict_record"),
           ("prompt rendering", "render_messages"))
 
