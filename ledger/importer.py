@@ -305,8 +305,7 @@ def append_import(store: Store, parsed: ParsedFile) -> tuple[ImportItem, ...]:
     the items that were new. Nothing is written when nothing is new."""
     with store.transaction() as tx:
         now = utc_now()
-        new_jobs, _seqs = append_new_jobs(tx, [i.job for i in parsed.items], now)
-        new_ids = {j.job_id for j in new_jobs}
+        new_ids = {j.job_id for j in append_new_jobs(tx, [i.job for i in parsed.items], now)}
         fresh = tuple(i for i in parsed.items if i.job.job_id in new_ids)
         if not fresh:
             return ()

@@ -220,4 +220,3 @@ def plan_ledger(ledger: Ledger, catalog: Catalog, target: int, *,
             finally:
                 store.close()
     return plan
-

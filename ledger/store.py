@@ -177,7 +177,7 @@ class Store:
         if not new_jobs:
             return 0
         with self.transaction() as tx:
-            return len(append_new_jobs(tx, new_jobs, utc_now())[0])
+            return len(append_new_jobs(tx, new_jobs, utc_now()))
 
     # --- runs -----------------------------------------------------------------------------
 
@@ -343,7 +343,7 @@ def _finish_op(attempt_id: int, job_id: str, run_id: str | None, outcome: Outcom
     return op
 
 
-def existing_job_ids(tx: Tx, ids: Sequence[str]) -> set[str]:
+def _existing_job_ids(tx: Tx, ids: Sequence[str]) -> set[str]:
     found: set[str] = set()
     chunk = 500  # stay under every driver's bound-parameter limit
     for i in range(0, len(ids), chunk):
@@ -353,21 +353,20 @@ def existing_job_ids(tx: Tx, ids: Sequence[str]) -> set[str]:
     return found
 
 
-def append_new_jobs(tx: Tx, jobs: Sequence[PlannedJob],
-                    now: str) -> tuple[list[PlannedJob], list[int]]:
+def append_new_jobs(tx: Tx, jobs: Sequence[PlannedJob], now: str) -> list[PlannedJob]:
     """Append the jobs not in the ledger yet, in the order given, and open each one's state;
-    returns those jobs and their seqs."""
-    existing = existing_job_ids(tx, [j.job_id for j in jobs])
+    returns those jobs."""
+    existing = _existing_job_ids(tx, [j.job_id for j in jobs])
     fresh = [j for j in jobs if j.job_id not in existing] if existing else list(jobs)
     if not fresh:
-        return [], []
+        return []
     after = tx.head_seq
     # A PlannedJob's fields are the jobs columns in order, planned_at_utc last.
-    seqs = tx.append_many(schema.jobs, [(*j, now) for j in fresh])
+    tx.append_many(schema.jobs, [(*j, now) for j in fresh])
     # The state rows are copied from the rows just appended, in SQL: no second pass of
     # parameters through the driver.
     tx.run("open_jobs_after", (after,))
-    return fresh, seqs
+    return fresh
 
 
 def _fetch_claimed(tx: Tx, ids: Sequence[str]) -> list[ClaimedJob]:
