@@ -17,7 +17,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import requests
 import urllib3
@@ -214,11 +214,11 @@ class OpenRouterClient:
         # requests' per-call environment merge (and its ~/.netrc read) costs more CPU than
         # the rest of the call.
         self._proxies = requests.utils.get_environ_proxies(self.base_url)
-        self._verify: bool | str = _environ_ca_bundle() or True
+        self._verify: Literal[True] | str = _environ_ca_bundle() or True
         self._local = threading.local()
-        self._sessions: list[requests.Session] = []
-        self._chat_connections: list[ChatConnection] = []
-        self._sessions_lock = threading.Lock()
+        # Every thread's Session and chat connection, for close().
+        self._per_thread: list[requests.Session | ChatConnection] = []
+        self._per_thread_lock = threading.Lock()
         # Without a proxy, chat calls take the short route (ledger/transport.py); through a
         # proxy they go by urllib3's pool as requests resolves it (see _chat_route).
         self._direct = not self._proxies
@@ -273,8 +273,8 @@ class OpenRouterClient:
         if conn is None:
             conn = self._local.chat = ChatConnection(self._chat_url, self._verify,
                                                      *self._timeout)
-            with self._sessions_lock:
-                self._chat_connections.append(conn)
+            with self._per_thread_lock:
+                self._per_thread.append(conn)
         headers = dict(self._direct_headers)
         headers["Content-Length"] = str(len(data))
         response: http.client.HTTPResponse | None = None
@@ -447,19 +447,16 @@ class OpenRouterClient:
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
-        with self._sessions_lock:
-            self._sessions.append(session)
+        with self._per_thread_lock:
+            self._per_thread.append(session)
         return session
 
     def close(self) -> None:
         """Close every thread's connections. The client stays usable; later calls reconnect."""
-        with self._sessions_lock:
-            sessions, self._sessions = self._sessions, []
-            chats, self._chat_connections = self._chat_connections, []
-        for session in sessions:
-            session.close()
-        for chat in chats:
-            chat.close()
+        with self._per_thread_lock:
+            opened, self._per_thread = self._per_thread, []
+        for resource in opened:
+            resource.close()
         self._local = threading.local()
 
     def _clean(self, text: str | None) -> str | None:

@@ -18,7 +18,7 @@ import select
 import socket
 import ssl
 import zlib
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from requests.certs import where as default_ca_bundle
@@ -28,19 +28,13 @@ class ContentEncodingError(ValueError):
     """A body in an encoding we cannot decode (or a corrupt one)."""
 
 
-def tls_context(verify: bool | str) -> ssl.SSLContext:
+def tls_context(verify: Literal[True] | str) -> ssl.SSLContext:
     """What requests' `verify` means: True = its bundle (certifi's), a path = that file or
-    directory."""
-    if verify is True:
-        return ssl.create_default_context(cafile=default_ca_bundle())
-    if isinstance(verify, str):
-        if os.path.isdir(verify):
-            return ssl.create_default_context(capath=verify)
-        return ssl.create_default_context(cafile=verify)
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
+    directory of CA certificates. Verification is never off."""
+    path = default_ca_bundle() if verify is True else verify
+    if os.path.isdir(path):
+        return ssl.create_default_context(capath=path)
+    return ssl.create_default_context(cafile=path)
 
 
 class _ReadTimeout:
@@ -67,7 +61,7 @@ class ChatConnection:
     """One thread's connection to the chat endpoint, opened on first use and reopened when the
     server has closed it."""
 
-    def __init__(self, url: str, verify: bool | str, connect_timeout_s: float,
+    def __init__(self, url: str, verify: Literal[True] | str, connect_timeout_s: float,
                  read_timeout_s: float) -> None:
         parts = urlsplit(url)
         self.path = parts.path + (f"?{parts.query}" if parts.query else "")
