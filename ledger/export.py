@@ -122,6 +122,15 @@ class ExportFilters:
         return {"l1": _listed(self.l1s), "pattern": _listed(self.patterns),
                 "level": _listed(self.levels), "model": _listed(self.models)}
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Sequence[str] | None]) -> ExportFilters:
+        """The filters as_dict gave, back (as the manifest and the export helper carry them)."""
+        def kept(key: str) -> tuple[str, ...] | None:
+            values = d.get(key)
+            return tuple(values) if values else None
+
+        return cls(kept("l1"), kept("pattern"), kept("level"), kept("model"))
+
 
 def _listed(values: tuple[str, ...] | None) -> list[str] | None:
     return list(values) if values else None
@@ -362,11 +371,18 @@ def export_lines(fmt: str, rows: Sequence[Sequence[Any]]) -> str:
 
 
 @dataclass(frozen=True)
-class _Written:
+class Written:
+    """What a writer put in the file: lines, the versions they carry, processes that wrote."""
+
     count: int
     filter_versions: frozenset[str]
     prompt_versions: frozenset[str]
     processes: int = 1
+
+    def __add__(self, other: Written) -> Written:
+        return Written(self.count + other.count, self.filter_versions | other.filter_versions,
+                       self.prompt_versions | other.prompt_versions,
+                       self.processes + other.processes)
 
 
 def _quote_matches(dbapi_conn: Any) -> bool:
@@ -391,9 +407,9 @@ class RowRange:
 
 
 def write_sqlite_part(dbapi_conn: Any, fmt: str, filters: ExportFilters, rows: RowRange,
-                      sink: Any) -> tuple[int, set[str], set[str]]:
+                      sink: Any) -> Written:
     """The export lines of `rows`, built by the query, written to `sink` (anything with
-    write(bytes)); returns (count, filter versions, prompt versions)."""
+    write(bytes))."""
     sql, values = _sqlite_statement(filters, _sqlite_line_select(fmt), rows)
     cursor = dbapi_conn.cursor()
     body = {"sharegpt": _sharegpt_json, "chatml": _chatml_json}.get(fmt)
@@ -409,15 +425,14 @@ def write_sqlite_part(dbapi_conn: Any, fmt: str, filters: ExportFilters, rows: R
 
     try:
         cursor.execute(sql, values)
-        written = _write_all(_cursor_batches(cursor), lines_of, sink, 3, 4)
+        return _write_all(_cursor_batches(cursor), lines_of, sink, 3, 4)
     finally:
         cursor.close()
-    return written.count, set(written.filter_versions), set(written.prompt_versions)
 
 
 def _write_sqlite_lines(ledger: Ledger, fmt: str, filters: ExportFilters,
                         sink: AtomicWriter | BackgroundWriter, split_min_rows: int,
-                        scratch: Path) -> tuple[LedgerPosition, _Written] | None:
+                        scratch: Path) -> tuple[LedgerPosition, Written] | None:
     """The export with lines built by the query; None (nothing written) when this SQLite's
     json_quote cannot be trusted to give the Python encoder's bytes. A big export is cut in
     two by plan order and the later half is written by a second process (export_split), its
@@ -441,18 +456,14 @@ def _write_sqlite_lines(ledger: Ledger, fmt: str, filters: ExportFilters,
             if helper is None:
                 split = None
         try:
-            count, filter_versions, prompt_versions = write_sqlite_part(
-                dbapi_conn, fmt, filters, RowRange(position.head_seq, upto_job_seq=split), sink)
+            written = write_sqlite_part(dbapi_conn, fmt, filters,
+                                        RowRange(position.head_seq, upto_job_seq=split), sink)
             if helper is not None:
-                more, fvs, pvs = helper.finish(sink)
-                count += more
-                filter_versions |= fvs
-                prompt_versions |= pvs
+                written += helper.finish(sink)
         finally:
             if helper is not None:
                 helper.stop()
-    return position, _Written(count, frozenset(filter_versions), frozenset(prompt_versions),
-                              1 if helper is None else 2)
+    return position, written
 
 
 def split_point(dbapi_conn: Any, head_seq: int, min_rows: int) -> int | None:
@@ -473,7 +484,7 @@ def _inconsistent(dbapi_conn: Any, attempt_id: int) -> str:
 
 
 def _write_batches(fmt: str, batches: Iterable[Sequence[Sequence[Any]]],
-                   sink: AtomicWriter | BackgroundWriter) -> _Written:
+                   sink: AtomicWriter | BackgroundWriter) -> Written:
     """Rows as returned by accepted_rows, formatted in Python."""
     enc = _Encoded()
     return _write_all(batches, lambda rows: _lines(fmt, rows, enc), sink, 7, 6)
@@ -482,7 +493,7 @@ def _write_batches(fmt: str, batches: Iterable[Sequence[Sequence[Any]]],
 def _write_all(batches: Iterable[Sequence[Sequence[Any]]],
                lines_of: Callable[[Sequence[Sequence[Any]]], list[str]],
                sink: AtomicWriter | BackgroundWriter, filter_col: int,
-               prompt_col: int) -> _Written:
+               prompt_col: int) -> Written:
     """One encode and one write (and hash update) per batch, not per line; the versions seen
     are read from the rows' `filter_col` and `prompt_col`."""
     count = 0
@@ -495,7 +506,7 @@ def _write_all(batches: Iterable[Sequence[Sequence[Any]]],
         count += len(rows)
         filter_versions.update([r[filter_col] for r in rows])
         prompt_versions.update([r[prompt_col] for r in rows])
-    return _Written(count, frozenset(filter_versions), frozenset(prompt_versions))
+    return Written(count, frozenset(filter_versions), frozenset(prompt_versions))
 
 
 def manifest_path_for(path: Path) -> Path:

@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 
 from .db import BUSY_TIMEOUT_MS, Ledger
 from .errors import LedgerError
-from .export import ExportFilters, RowRange, write_sqlite_part
+from .export import ExportFilters, RowRange, Written, write_sqlite_part
 
 _COPY_BYTES = 4 << 20
 
@@ -72,9 +72,8 @@ class Helper:
             return None
         return cls(proc, part)
 
-    def finish(self, sink: Any) -> tuple[int, set[str], set[str]]:
-        """Wait for the helper, append what it wrote to `sink`; returns (count, filter versions,
-        prompt versions) of its half."""
+    def finish(self, sink: Any) -> Written:
+        """Wait for the helper, append what it wrote to `sink`; returns what its half holds."""
         out, err = self._proc.communicate()
         if self._proc.returncode != 0:
             lines = [x for x in err.decode("utf-8", "replace").splitlines() if x.strip()]
@@ -84,7 +83,8 @@ class Helper:
         self._part.seek(0)
         while chunk := self._part.read(_COPY_BYTES):
             sink.write(chunk)
-        return int(done["count"]), set(done["filter_versions"]), set(done["prompt_versions"])
+        return Written(int(done["count"]), frozenset(done["filter_versions"]),
+                       frozenset(done["prompt_versions"]))
 
     def stop(self) -> None:
         if self._proc.poll() is None:
@@ -93,32 +93,25 @@ class Helper:
         self._part.close()
 
 
-def _filters_from(d: dict[str, Sequence[str] | None]) -> ExportFilters:
-    def tup(key: str) -> tuple[str, ...] | None:
-        return tuple(d[key]) if d.get(key) else None  # type: ignore[arg-type]
-
-    return ExportFilters(tup("l1"), tup("pattern"), tup("level"), tup("model"))
-
-
 def main(argv: Sequence[str]) -> int:
     """The helper: write the rows of the spec in argv[1] to the inherited descriptor."""
     spec = json.loads(argv[1])
     uri = Path(spec["database"]).as_uri() + "?mode=ro"
-    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None)
     try:
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         conn.execute("BEGIN")
         with open(spec["fd"], "wb", buffering=_COPY_BYTES, closefd=True) as fh:
-            count, fvs, pvs = write_sqlite_part(conn, spec["format"],
-                                                _filters_from(spec["filters"]),
-                                                RowRange(*spec["rows"]), fh)
+            written = write_sqlite_part(conn, spec["format"],
+                                        ExportFilters.from_dict(spec["filters"]),
+                                        RowRange(*spec["rows"]), fh)
     except LedgerError as exc:
         print(exc, file=sys.stderr)
         return 1
     finally:
         conn.close()
-    print(json.dumps({"count": count, "filter_versions": sorted(fvs),
-                      "prompt_versions": sorted(pvs)}))
+    print(json.dumps({"count": written.count, "filter_versions": sorted(written.filter_versions),
+                      "prompt_versions": sorted(written.prompt_versions)}))
     return 0
 
 

@@ -401,10 +401,10 @@ def test_a_row_range_reads_one_ledger_position_from_any_connection(small_db: Pat
     ledger.dispose()
     conn = sqlite3.connect(path)
     buf = io.BytesIO()
-    count, _f, _p = write_sqlite_part(conn, "sharegpt", ExportFilters(),
-                                      RowRange(before.position.head_seq), buf)
+    written = write_sqlite_part(conn, "sharegpt", ExportFilters(),
+                                RowRange(before.position.head_seq), buf)
     conn.close()
-    assert count == before.count == 40
+    assert written.count == before.count == 40
     assert buf.getvalue() == before.path.read_bytes()
     assert len(query(path, "SELECT job_id FROM acceptances")) == 45  # the later five exist
 
