@@ -37,7 +37,8 @@ if str(ROOT) not in sys.path:
 
 from ledger.catalog import load_catalog  # noqa: E402
 from ledger.db import open_ledger  # noqa: E402
-from ledger.export import accepted_rows, export_line, row_messages  # noqa: E402
+from ledger.export import accepted_rows  # noqa: E402
+from ledger.export_lines import export_line, row_messages  # noqa: E402
 from ledger.planner import plan_ledger  # noqa: E402
 from ledger.simulator import SimConfig, Simulator  # noqa: E402
 from ledger.store import FAULT_ENV, FAULT_EXIT_CODE  # noqa: E402

@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any
 
@@ -29,22 +28,15 @@ from . import __version__
 from .atomic import (AtomicWriter, BackgroundWriter, atomic_write, check_target,
                      write_bytes_atomic, written_behind)
 from .db import Ledger
-from .errors import LedgerError, UsageError
+from .errors import UsageError
+from .export_lines import (Encoded, chatml_json, checked_messages, format_lines, json_string,
+                           messages_of, sharegpt_json)
 from .records import utc_now
 
 FORMATS: tuple[str, ...] = ("messages", "sharegpt", "chatml")
-SHAREGPT_ROLES: Mapping[str, str] = {"system": "system", "user": "human", "assistant": "gpt"}
 _BATCH_ROWS = 5000
 # Below this many dialogues a second process is not worth its start (~0.3 s).
 SPLIT_MIN_ROWS = 100_000
-
-# One encoder built once: json.dumps with options builds a new encoder on every call.
-encode_line = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"),
-                               check_circular=False).encode
-_decoder = json.JSONDecoder()
-_decode = _decoder.decode
-_scan = _decoder.scan_once
-_enc = encode_basestring
 
 # Accepted dialogues from the base tables: the acceptance names the attempt and the verdict
 # whose messages are the dialogue.
@@ -256,120 +248,6 @@ def accepted_rows(ledger: Ledger, filters: ExportFilters = ExportFilters()
             yield position, result.partitions(_BATCH_ROWS)
 
 
-def row_messages(row: Sequence[Any]) -> list[dict[str, str]]:
-    return _decode(_stored_messages(row))
-
-
-def row_meta(row: Sequence[Any]) -> dict[str, Any]:
-    return {"job_id": row[0], "attempt_id": row[1], "l1": row[2], "error_type": row[3],
-            "level": row[4], "model": row[5], "prompt_version": row[6],
-            "filter_version": row[7], "source": row[8]}
-
-
-def chatml_text(messages: Sequence[Mapping[str, str]]) -> str:
-    return "\n".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>" for m in messages)
-
-
-def sharegpt_turns(messages: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
-    return [{"from": SHAREGPT_ROLES.get(m["role"], m["role"]), "value": m["content"]}
-            for m in messages]
-
-
-def shaped(fmt: str, messages: list[dict[str, str]], meta: dict[str, Any]) -> dict[str, Any]:
-    """`meta` with the dialogue added under the format's field (meta is extended in place)."""
-    if fmt == "messages":
-        meta["messages"] = messages
-    elif fmt == "sharegpt":
-        meta["conversations"] = sharegpt_turns(messages)
-    else:
-        meta["text"] = chatml_text(messages)
-    return meta
-
-
-# Lines are spelled out in sorted key order: the same bytes json.dumps(..., sort_keys=True,
-# separators=(",", ":"), ensure_ascii=False) would give, at a fraction of the per-row cost. The
-# messages format copies the stored messages JSON verbatim: it is the ledger's own record of the
-# dialogue, so re-encoding it could only make the export drift from it.
-
-# Per role, the start of its sharegpt turn up to the content's encoding.
-_SHAREGPT_TURN = {role: '{"from":%s,"value":' % _enc(name) for role, name in
-                  SHAREGPT_ROLES.items()}
-
-
-class _Encoded(dict[str, str]):
-    """JSON string literals of the few distinct ids and versions, each encoded once."""
-
-    def __missing__(self, key: str) -> str:
-        value = self[key] = _enc(key)
-        return value
-
-
-def _checked(raw: str | None, job_id: str, attempt_id: int) -> str:
-    if not raw or raw[0] != "[":
-        raise LedgerError(f"accepted attempt {attempt_id} of job {job_id} has no stored "
-                          "messages: the ledger is inconsistent; restore it from a backup")
-    return raw
-
-
-def _stored_messages(row: Sequence[Any]) -> str:
-    return _checked(row[9], row[0], row[1])
-
-
-def _messages_of(raw: str) -> list[dict[str, str]]:
-    # The C scanner alone: JSONDecoder.decode adds a Python call and two regex matches a row.
-    messages, end = _scan(raw, 0)
-    if end != len(raw):
-        return _decode(raw)  # trailing text: let the decoder raise (or skip whitespace)
-    return messages  # type: ignore[no-any-return]
-
-
-def _sharegpt_json(messages: Sequence[Mapping[str, str]]) -> str:
-    turn = _SHAREGPT_TURN
-    return "[" + ",".join([
-        (turn.get(m["role"]) or '{"from":%s,"value":' % _enc(m["role"])) + _enc(m["content"]) + "}"
-        for m in messages]) + "]"
-
-
-def _chatml_json(messages: Sequence[Mapping[str, str]]) -> str:
-    return _enc("\n".join([f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>"
-                           for m in messages]))
-
-
-def _lines(fmt: str, rows: Iterable[Sequence[Any]], enc: _Encoded) -> list[str]:
-    """The JSONL lines (without newlines) of a batch of accepted rows. f-strings, not %
-    templates: they build a line in about half the time."""
-    if fmt == "messages":
-        return [f'{{"attempt_id":{a:d},"error_type":{enc[p]},"filter_version":{enc[fv]},'
-                f'"job_id":{_enc(j)},"l1":{enc[l1]},"level":{enc[lv]},'
-                f'"messages":{_checked(m, j, a)},"model":{enc[mo]},'
-                f'"prompt_version":{enc[pv]},"source":{enc[src]}}}'
-                for j, a, l1, p, lv, mo, pv, fv, src, m in rows]
-    if fmt == "sharegpt":
-        return [f'{{"attempt_id":{a:d},'
-                f'"conversations":{_sharegpt_json(_messages_of(_checked(m, j, a)))},'
-                f'"error_type":{enc[p]},"filter_version":{enc[fv]},"job_id":{_enc(j)},'
-                f'"l1":{enc[l1]},"level":{enc[lv]},"model":{enc[mo]},'
-                f'"prompt_version":{enc[pv]},"source":{enc[src]}}}'
-                for j, a, l1, p, lv, mo, pv, fv, src, m in rows]
-    return [f'{{"attempt_id":{a:d},"error_type":{enc[p]},"filter_version":{enc[fv]},'
-            f'"job_id":{_enc(j)},"l1":{enc[l1]},"level":{enc[lv]},"model":{enc[mo]},'
-            f'"prompt_version":{enc[pv]},"source":{enc[src]},'
-            f'"text":{_chatml_json(_messages_of(_checked(m, j, a)))}}}'
-            for j, a, l1, p, lv, mo, pv, fv, src, m in rows]
-
-
-def export_line(fmt: str, row: Sequence[Any]) -> str:
-    """One accepted row as one JSONL line (without the newline)."""
-    return _lines(fmt, [row[:10]], _Encoded())[0]
-
-
-def export_lines(fmt: str, rows: Sequence[Sequence[Any]]) -> str:
-    """One batch of rows as JSONL text (each line ending in a newline)."""
-    lines = _lines(fmt, rows, _Encoded())
-    lines.append("")
-    return "\n".join(lines)
-
-
 @dataclass(frozen=True)
 class Written:
     """What a writer put in the file: lines, the versions they carry, processes that wrote."""
@@ -391,7 +269,7 @@ def _quote_matches(dbapi_conn: Any) -> bool:
         row = dbapi_conn.execute("SELECT json_quote(?)", (_QUOTE_PROBE,)).fetchone()
     except Exception:  # noqa: BLE001 - no JSON functions in this build: use the Python path
         return False
-    return bool(row) and row[0] == _enc(_QUOTE_PROBE)
+    return bool(row) and row[0] == json_string(_QUOTE_PROBE)
 
 
 @dataclass(frozen=True)
@@ -412,7 +290,7 @@ def write_sqlite_part(dbapi_conn: Any, fmt: str, filters: ExportFilters, rows: R
     write(bytes))."""
     sql, values = _sqlite_statement(filters, _sqlite_line_select(fmt), rows)
     cursor = dbapi_conn.cursor()
-    body = {"sharegpt": _sharegpt_json, "chatml": _chatml_json}.get(fmt)
+    body = {"sharegpt": sharegpt_json, "chatml": chatml_json}.get(fmt)
 
     def lines_of(batch: Sequence[Sequence[Any]]) -> list[str]:
         if body is None:
@@ -420,7 +298,7 @@ def write_sqlite_part(dbapi_conn: Any, fmt: str, filters: ExportFilters, rows: R
             if None in lines:
                 _inconsistent(dbapi_conn, batch[lines.index(None)][5])
             return lines
-        return [h + body(_messages_of(m)) + t if m and m[0] == "[" else
+        return [h + body(messages_of(m)) + t if m and m[0] == "[" else
                 _inconsistent(dbapi_conn, a) for h, m, t, _f, _p, a in batch]
 
     try:
@@ -430,7 +308,7 @@ def write_sqlite_part(dbapi_conn: Any, fmt: str, filters: ExportFilters, rows: R
         cursor.close()
 
 
-def _write_sqlite_lines(ledger: Ledger, fmt: str, filters: ExportFilters,
+def _write_sqliteformat_lines(ledger: Ledger, fmt: str, filters: ExportFilters,
                         sink: AtomicWriter | BackgroundWriter, split_min_rows: int,
                         scratch: Path) -> tuple[LedgerPosition, Written] | None:
     """The export with lines built by the query; None (nothing written) when this SQLite's
@@ -480,14 +358,14 @@ def split_point(dbapi_conn: Any, head_seq: int, min_rows: int) -> int | None:
 def _inconsistent(dbapi_conn: Any, attempt_id: int) -> str:
     row = dbapi_conn.execute("SELECT job_id FROM acceptances WHERE attempt_id = ?",
                              (attempt_id,)).fetchone()
-    return _checked(None, row[0] if row else None, attempt_id)
+    return checked_messages(None, row[0] if row else None, attempt_id)
 
 
 def _write_batches(fmt: str, batches: Iterable[Sequence[Sequence[Any]]],
                    sink: AtomicWriter | BackgroundWriter) -> Written:
     """Rows as returned by accepted_rows, formatted in Python."""
-    enc = _Encoded()
-    return _write_all(batches, lambda rows: _lines(fmt, rows, enc), sink, 7, 6)
+    enc = Encoded()
+    return _write_all(batches, lambda rows: format_lines(fmt, rows, enc), sink, 7, 6)
 
 
 def _write_all(batches: Iterable[Sequence[Sequence[Any]]],
@@ -535,7 +413,7 @@ def export_dialogues(ledger: Ledger, out: str | Path, fmt: str = "messages",
     check_target(path, force)
     started = time.perf_counter()
     with atomic_write(path, overwrite=force) as sink, written_behind(sink) as pipe:
-        done = (_write_sqlite_lines(ledger, fmt, filters, pipe, split_min_rows, path.parent)
+        done = (_write_sqliteformat_lines(ledger, fmt, filters, pipe, split_min_rows, path.parent)
                 if ledger.dialect == "sqlite" else None)
         if done is not None:
             position, written = done

@@ -24,16 +24,8 @@ from . import __version__
 from .atomic import atomic_write, check_target
 from .db import Ledger
 from .errors import UsageError
-from .export import (
-    accepted_rows,
-    check_format,
-    encode_line,
-    ledger_display,
-    manifest_path_for,
-    row_messages,
-    shaped,
-    write_manifest,
-)
+from .export import accepted_rows, check_format, ledger_display, manifest_path_for, write_manifest
+from .export_lines import encode_line, row_messages, shaped
 from .importer import NoDialogue, read_messages
 from .records import utc_now
 

@@ -247,7 +247,7 @@ def test_a_killed_export_never_leaves_a_partial_file(big_db: Path, tmp_path: Pat
 
 
 def test_lines_match_json_dumps_for_awkward_content() -> None:
-    from ledger.export import export_line
+    from ledger.export_lines import export_line
 
     messages = [{"role": "system", "content": "Sé paciente \\ \"citas\"\tand\u0001 ☕"},
                 {"role": "user", "content": "I no like café.\nLine two \u2028 end\\"},
@@ -294,7 +294,8 @@ def test_lines_built_by_sqlite_equal_the_python_encoders_bytes(tmp_path: Path) -
     sent as its model name, and whatever the dialogue holds, the bytes are the ones the Python
     encoder gives for the same rows."""
     from conftest import make_jobs
-    from ledger.export import accepted_rows, export_line
+    from ledger.export import accepted_rows
+    from ledger.export_lines import export_line
     from ledger.store import Store
 
     path = tmp_path / "odd.db"
