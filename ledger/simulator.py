@@ -37,7 +37,7 @@ from ledger.errors import UsageError
 from ledger.simulator_config import (  # noqa: F401 - SimConfig is this module's public API too
     FAULT_TOKENS, RUNTIME_FIELDS, SCRIPT_TOKENS, SimConfig,
 )
-from ledger.simulator_dialogues import (
+from ledger.simulator_wire import (
     GENERATION_KINDS, NOT_FOUND, RESET, UNAUTHORIZED, Generation, Reply,
     bad_request, generation, key_body, models_body, parse_chat_request, rejection,
 )

@@ -8,7 +8,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from ledger.errors import UsageError
-from ledger.simulator_dialogues import DEFAULT_PRICES
+from ledger.simulator_wire import DEFAULT_PRICES
 
 # Fault probability field -> the outcome it triggers. One uniform draw per request walks this
 # list, so at most one fault hits a request.
