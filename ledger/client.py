@@ -25,7 +25,7 @@ from requests.adapters import HTTPAdapter
 
 from ledger.errors import KeyRejected, LedgerError, UsageError
 from ledger.retry import NEXT_MODEL, RETRYABLE, STOP_RUN, parse_retry_after
-from ledger.transport import ChatConnection, ContentEncodingError, read_body
+from ledger.transport import ChatConnection, ContentEncodingError, Response, read_body
 
 __all__ = ["ERROR_CLASSES", "CallOutcome", "OpenRouterClient", "classify", "parse_retry_after"]
 
@@ -268,18 +268,16 @@ class OpenRouterClient:
         return self._outcome(response.status, response.headers, raw, latency_ms)
 
     def _chat_direct(self, data: bytes, started: float) -> CallOutcome:
-        """The call on this thread's own http.client connection (no proxy; see transport)."""
+        """The call on this thread's own connection (no proxy; see transport)."""
         conn = getattr(self._local, "chat", None)
         if conn is None:
-            conn = self._local.chat = ChatConnection(self._chat_url, self._verify,
-                                                     *self._timeout)
+            conn = self._local.chat = ChatConnection(self._chat_url, self._direct_headers,
+                                                     self._verify, *self._timeout)
             with self._per_thread_lock:
                 self._per_thread.append(conn)
-        headers = dict(self._direct_headers)
-        headers["Content-Length"] = str(len(data))
-        response: http.client.HTTPResponse | None = None
+        response: Response | None = None
         try:
-            response = conn.post(data, headers)
+            response = conn.post(data)
             raw = read_body(response)
         except (OSError, http.client.HTTPException, ContentEncodingError) as exc:
             conn.close()
@@ -329,7 +327,7 @@ class OpenRouterClient:
         return self._one_line(_snippet(raw)) if raw else None
 
     def _failure(self, exc: Exception,
-                 response: urllib3.BaseHTTPResponse | http.client.HTTPResponse | None,
+                 response: urllib3.BaseHTTPResponse | Response | None,
                  started: float) -> CallOutcome:
         if isinstance(exc, urllib3.exceptions.NewConnectionError):
             error_class = "connection_error"  # refused or unresolvable, not slow
