@@ -114,7 +114,8 @@ def run_cell(template: Path, workdir: Path, concurrency: int, latency_ms: float,
         "sim_max_in_flight": stats["max_in_flight"], "sim_requests": stats["requests"],
         "sim_by_status": stats["by_status"],
         # Worker time not spent waiting on a response: ledger writes, filtering, queueing for
-        # the store lock or the GIL, backoff sleeps and the shared 429 cooldown.
+        # the store lock or the GIL, the shared 429 cooldown, and backoffs when no other job
+        # was left to send.
         "idle_worker_share": max(0.0, 1 - fig.busy_s / (concurrency * fig.wall_s)),
         "errors": {k: v for k, v in fig.by_error.items() if k != "ok"},
     }

@@ -76,8 +76,9 @@ def grid_text(grid: efficiency.Grid) -> str:
             "of 3 models). Lognormal: median = the latency shown, sigma "
             f"{efficiency.LOGNORMAL_SIGMA}; ideal uses the mean (x1.133). 'idle workers' = "
             "1 - (sum of request latencies) / (concurrency x wall): worker time not spent "
-            "waiting on a response (ledger writes, filter, store-lock and GIL queueing, "
-            "backoff sleeps, the shared 429 cooldown).")
+            "waiting on a response (ledger writes, filter, store-lock and GIL queueing, the "
+            "shared 429 cooldown, and backoffs only when no other job was left to send: a job "
+            "waiting out its backoff steps aside for the next one).")
 
 
 def save(res: dict[str, Any], started: float, partial: bool) -> None:

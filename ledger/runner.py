@@ -8,6 +8,8 @@ that was accepted and shows what was in flight as "outcome unknown".
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
 import socket
 import threading
@@ -114,6 +116,23 @@ def is_process_alive(pid: int) -> bool:
     return True
 
 
+@dataclass
+class _Walk:
+    """One job on its way along the model chain, and where it stands: a job that must wait out
+    a backoff steps aside with it, and its worker takes another job meanwhile."""
+
+    job: ClaimedJob
+    messages: list[dict[str, str]]
+    prompt_tokens: int  # the estimate reservations are made for
+    cheapest: float     # the chain's cheapest reservation for this job
+    history: dict[str, tuple[int, int, int]]  # earlier runs' use of each model
+    position: int = 0   # the model being tried
+    on_model: bool = False  # its counts below are set (from history when it was entered)
+    transient: int = 0
+    rejections: int = 0
+    reasons: list[str] = field(default_factory=list)  # why each earlier model gave up
+
+
 class Runner:
     """One `run`: N worker threads over one store, one client and one price book."""
 
@@ -135,6 +154,9 @@ class Runner:
         self._queue: list[ClaimedJob] = []
         self._queue_lock = threading.Lock()
         self._exhausted = False
+        # Jobs waiting out a backoff: (due on time.monotonic(), order, walk), soonest first.
+        self._backing_off: list[tuple[float, int, _Walk]] = []
+        self._backoff_order = itertools.count()
         self._held: set[str] = set()       # jobs leased by this run and not finished
         self._flight = threading.Condition()
         self._claimed_total = 0
@@ -191,40 +213,64 @@ class Runner:
     # --- job source -----------------------------------------------------------------------
 
     def _next_job(self) -> ClaimedJob | None:
+        """A fresh job (claiming more when the queue is empty); the caller holds _queue_lock."""
+        if not self._queue and not self._exhausted:
+            # A few spare leases: at low concurrency one claim then serves several jobs.
+            want = min(max(8, self.config.concurrency), 64)
+            if self.config.limit is not None:
+                want = min(want, self.config.limit - self._claimed_total)
+            claimed = (self.store.claim(self.run_id, want, time.time(), self.config.lease_s)
+                       if want > 0 else [])
+            if not claimed:
+                self._exhausted = True
+            self._claimed_total += len(claimed)
+            self._queue.extend(claimed)
+            self._held.update(j.job_id for j in claimed)
+        return self._queue.pop(0) if self._queue else None
+
+    def _next_walk(self) -> _Walk | None:
+        """The job to work on next: one whose backoff has run out first, else a fresh one;
+        when only backing-off jobs are left, wait for the first of them. None: nothing left."""
+        while True:
+            with self._queue_lock:
+                if self._backing_off and self._backing_off[0][0] <= time.monotonic():
+                    return heapq.heappop(self._backing_off)[2]
+                job = self._next_job()
+                if job is None:
+                    if not self._backing_off:
+                        return None
+                    wait = self._backing_off[0][0] - time.monotonic()
+            if job is not None:
+                return self._start_walk(job)
+            if self.halt.event.wait(max(wait, 0.0)):
+                return None
+
+    def _back_off(self, walk: _Walk, delay_s: float) -> None:
         with self._queue_lock:
-            if not self._queue and not self._exhausted:
-                # A few spare leases: at low concurrency one claim then serves several jobs.
-                want = min(max(8, self.config.concurrency), 64)
-                if self.config.limit is not None:
-                    want = min(want, self.config.limit - self._claimed_total)
-                claimed = (self.store.claim(self.run_id, want, time.time(), self.config.lease_s)
-                           if want > 0 else [])
-                if not claimed:
-                    self._exhausted = True
-                self._claimed_total += len(claimed)
-                self._queue.extend(claimed)
-                self._held.update(j.job_id for j in claimed)
-            return self._queue.pop(0) if self._queue else None
+            heapq.heappush(self._backing_off,
+                           (time.monotonic() + delay_s, next(self._backoff_order), walk))
 
     def _worker(self) -> None:
         while not self.halt.event.is_set():
-            job = self._next_job()
-            if job is None:
-                return
             try:
-                finished = self._process(job)
+                walk = self._next_walk()
+                if walk is None:
+                    return
+                step = self._walk(walk)
             except BaseException as exc:  # a worker must not die silently
                 self._crashed(exc)
                 return
-            if finished:
+            if step is True:
                 with self._queue_lock:
-                    self._held.discard(job.job_id)
+                    self._held.discard(walk.job.job_id)
+            elif step is not False:
+                # The job waits out its backoff aside; this worker takes another meanwhile.
+                self._back_off(walk, step)
             # An unfinished job stays held; _finish releases it for the next run.
 
     # --- one job ----------------------------------------------------------------------------
 
-    def _process(self, job: ClaimedJob) -> bool:
-        """Walk the chain for one job. True when the job ended (accepted or failed)."""
+    def _start_walk(self, job: ClaimedJob) -> _Walk:
         messages = render_messages(PromptInput(
             l1_name=job.l1.capitalize(), level=job.level, persona=job.persona, topic=job.topic,
             pattern_name=job.pattern.replace("_", " "), erroneous=job.erroneous,
@@ -234,36 +280,50 @@ class Runner:
         prompt_tokens = -(-estimate_prompt_tokens(messages) // 64) * 64
         cheapest = min(self.prices.max_cost(m, prompt_tokens, self.config.max_tokens)
                        for m in self.config.models)
-        reasons: list[str] = []
         # A resumed job picks its chain up where an earlier run left it: a model it already
         # used up is not paid for again.
         history = (queries.model_history(self.ledger, job.job_id, FILTER_VERSION)
                    if job.last_attempt_no else {})
-        for position, model in enumerate(self.config.models):
-            used = history.get(model, (0, 0, 0))
-            if (used[2] or used[0] >= self.config.tries_per_model
-                    or used[1] >= self.config.rejections_per_model):
-                reasons.append(f"{model}: used up in an earlier run")
-                continue
-            result = self._try_model(job, model, position, messages, prompt_tokens, cheapest,
-                                     transient=used[0], rejections=used[1])
+        return _Walk(job, messages, prompt_tokens, cheapest, history)
+
+    def _walk(self, walk: _Walk) -> bool | float:
+        """Walk the chain for one job from where it stands. True when the job ended (accepted
+        or failed), False when it stays open (halt, or out of budget), or the seconds to wait
+        before its next try on the same model."""
+        models = self.config.models
+        while walk.position < len(models):
+            model = models[walk.position]
+            if not walk.on_model:
+                used = walk.history.get(model, (0, 0, 0))
+                if (used[2] or used[0] >= self.config.tries_per_model
+                        or used[1] >= self.config.rejections_per_model):
+                    walk.reasons.append(f"{model}: used up in an earlier run")
+                    walk.position += 1
+                    continue
+                walk.on_model, walk.transient, walk.rejections = True, used[0], used[1]
+            result = self._try_model(walk, model)
+            if isinstance(result, float):
+                return result
             if result in ("accepted", "gone"):
                 return True
             if result == "halt":
                 return False
-            reasons.append(f"{model}: {result}")
-        if any(r.endswith(": budget") for r in reasons):
+            walk.reasons.append(f"{model}: {result}")
+            walk.position += 1
+            walk.on_model = False
+        if any(r.endswith(": budget") for r in walk.reasons):
             return False  # a model was out of budget, not out of luck: left open for later
-        self.store.fail_job(job.job_id, self.run_id, reasons)
+        self.store.fail_job(walk.job.job_id, self.run_id, walk.reasons)
         self._count(failed_jobs=1)
         return True
 
-    def _try_model(self, job: ClaimedJob, model: str, position: int,
-                   messages: list[dict[str, str]], prompt_tokens: int, cheapest: float, *,
-                   transient: int = 0, rejections: int = 0) -> str:
-        """Tries on one model, counting on from earlier runs' tries. Returns 'accepted', 'gone'
-        (someone else finished the job), 'halt', or why this model gave up (for the record)."""
-        reserve = self.prices.max_cost(model, prompt_tokens, self.config.max_tokens)
+    def _try_model(self, walk: _Walk, model: str) -> str | float:
+        """Tries on one model, counting on from earlier runs' tries (walk.transient and
+        walk.rejections). Returns 'accepted', 'gone' (someone else finished the job), 'halt',
+        why this model gave up (for the record), or the backoff in seconds before the next try
+        on it."""
+        job, position = walk.job, walk.position
+        reserve = self.prices.max_cost(model, walk.prompt_tokens, self.config.max_tokens)
         while True:
             if self.halt.event.is_set():
                 return "halt"
@@ -271,14 +331,14 @@ class Runner:
             self.limiter.acquire(self.halt.event)
             if self.halt.event.is_set():
                 return "halt"
-            start = self._begin(job, model, position, reserve, cheapest)
+            start = self._begin(job, model, position, reserve, walk.cheapest)
             if start is None:
                 return "halt"
             if start.refused == "budget":
                 return "budget"
             if start.refused:
                 return "gone"
-            outcome = self._call(model, messages, start.attempt_id, job)
+            outcome = self._call(model, walk.messages, start.attempt_id, job)
             if outcome is None:
                 return "halt"
             # Stop and pause before recording: recording takes the write lock, and no other
@@ -286,29 +346,28 @@ class Runner:
             halt = halt_reason(outcome)
             if halt:
                 self._halt_for(halt, outcome)
-            delay = backoff_delay(transient + 1, outcome.retry_after_s,
+            delay = backoff_delay(walk.transient + 1, outcome.retry_after_s,
                                   base_s=self.config.backoff_base_s,
                                   cap_s=self.config.backoff_cap_s)
             if outcome.error_class in ("rate_limited", "credit_in_flight"):
                 self.cooldown.pause_for(delay)
             verdict_state, last = self._record(job, model, start.attempt_id, outcome,
-                                               prompt_tokens)
+                                               walk.prompt_tokens)
             if verdict_state == "accepted":
                 return "accepted"
             if verdict_state == "rejected":
-                rejections += 1
-                if rejections >= self.config.rejections_per_model:
-                    return f"rejected {rejections}x ({last})"
+                walk.rejections += 1
+                if walk.rejections >= self.config.rejections_per_model:
+                    return f"rejected {walk.rejections}x ({last})"
                 continue
             if halt:
                 return "halt"
             if outcome.next_model:
                 return outcome.error_class
-            transient += 1
-            if transient >= self.config.tries_per_model:
-                return f"{outcome.error_class} x{transient}"
-            if self.halt.event.wait(delay):
-                return "halt"
+            walk.transient += 1
+            if walk.transient >= self.config.tries_per_model:
+                return f"{outcome.error_class} x{walk.transient}"
+            return float(delay)
 
     def _begin(self, job: ClaimedJob, model: str, position: int, reserve: float,  # type: ignore[no-untyped-def]
                cheapest: float):

@@ -121,6 +121,20 @@ def test_transient_failure_is_retried_on_the_same_model(ledger, store, start_sim
     assert sim.stats()["requests"] == 2
 
 
+def test_a_job_backing_off_does_not_hold_its_worker(ledger, store, start_sim) -> None:
+    """One worker, three jobs, 300 ms answers. The first job's 500 sets it aside for its backoff
+    (at most 0.25 s): the worker sends the second job meanwhile, then takes the first one back
+    as soon as its backoff is over, before the third (fresh) job."""
+    store.plan_jobs(make_jobs(3))
+    sim = start_sim(latency_ms=300)
+    sim.script(["500", "ok", "ok", "ok"])
+    result = go(ledger, sim, backoff_base_s=0.25, backoff_cap_s=0.25)
+    assert result.reason == "done" and set(job_states(ledger).values()) == {"accepted"}
+    got = attempts(ledger)
+    assert [a.error_class for a in got] == ["server_error", "ok", "ok", "ok"]
+    assert [a.job_id == got[0].job_id for a in got] == [True, False, True, False]
+
+
 def test_after_tries_per_model_the_next_model_is_tried(ledger, store, start_sim) -> None:
     store.plan_jobs(make_jobs(1))
     sim = start_sim()
