@@ -117,6 +117,10 @@ def run_cell(template: Path, workdir: Path, concurrency: int, latency_ms: float,
         # the store lock or the GIL, the shared 429 cooldown, and backoffs when no other job
         # was left to send.
         "idle_worker_share": max(0.0, 1 - fig.busy_s / (concurrency * fig.wall_s)),
+        # The part of that idle time the run loop itself accounts for, by cause (the rest is
+        # the loop's own work and queueing).
+        "waited_share": {cause: seconds / (concurrency * fig.wall_s)
+                         for cause, seconds in s.waited_s.items()},
         "errors": {k: v for k, v in fig.by_error.items() if k != "ok"},
     }
 

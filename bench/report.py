@@ -159,11 +159,26 @@ def _efficiency(res: dict[str, Any]) -> str:
              _f(r["accepted_per_s"], 1), _f(r["ideal_per_s"], 0), _f(r["efficiency"], 3),
              r["sim_max_in_flight"], _f(r["attempts_per_job"], 2), _f(r["acceptance"], 3),
              _f(r["client_cpu_ms_per_job"], 2), f"{r['sim_cpu_share']:.0%}",
-             f"{r['idle_worker_share']:.0%}", r["stopped"]] for r in grid]
+             f"{r['idle_worker_share']:.0%}", _waits(r.get("waited_share", {})), r["stopped"]]
+            for r in grid]
     return ("## (a) API efficiency\n\n" + meta.get("text", "") + "\n\n" + _table(rows, [
         "faults", "latency", "ms", "conc", "accepted/planned", "wall s", "accepted/s",
         "ideal/s", "efficiency", "max in flight", "attempts/job", "acceptance",
-        "client CPU ms/job", "sim CPU", "idle workers", "stop"]) + "\n\n" + _best_possible(grid))
+        "client CPU ms/job", "sim CPU", "idle workers", "of which waiting for", "stop"])
+            + "\n\n" + _best_possible(grid))
+
+
+# Short names for the run loop's wait causes (ledger.runner.WAIT_CAUSES) in a narrow column.
+_WAIT_NAMES = {"429/402 pause": "429 pause", "rpm spacing": "rpm",
+               "backoff, nothing else to send": "backoff",
+               "budget held by requests in flight": "budget"}
+
+
+def _waits(shares: dict[str, float]) -> str:
+    """The idle time's known causes, as shares of all worker time: '429 pause 81%'."""
+    parts = [f"{_WAIT_NAMES.get(cause, cause)} {share:.0%}"
+             for cause, share in sorted(shares.items(), key=lambda kv: -kv[1]) if share >= 0.005]
+    return ", ".join(parts) or "-"
 
 
 def _best_possible(grid: list[dict[str, Any]]) -> str:

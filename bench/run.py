@@ -78,7 +78,11 @@ def grid_text(grid: efficiency.Grid) -> str:
             "1 - (sum of request latencies) / (concurrency x wall): worker time not spent "
             "waiting on a response (ledger writes, filter, store-lock and GIL queueing, the "
             "shared 429 cooldown, and backoffs only when no other job was left to send: a job "
-            "waiting out its backoff steps aside for the next one).")
+            "waiting out its backoff steps aside for the next one). 'of which waiting for' is "
+            "the part the run loop counts itself (RunStats.waited_s, also in `run`'s summary), "
+            "as a share of all worker time: the 429/402 pause every worker honours, --rpm "
+            "spacing, a backoff with nothing else left to send, budget held by requests in "
+            "flight; the rest of the idle time is the loop's own work and queueing.")
 
 
 def save(res: dict[str, Any], started: float, partial: bool) -> None:

@@ -142,6 +142,8 @@ def summary_text(result: RunResult, note: str | None = None) -> str:
         rows.append([f"rejected: {rule}", n])
     for err, n in s.errors.most_common():
         rows.append([f"error: {err}", n])
+    for cause, seconds in s.waited_s.most_common():
+        rows.append([f"workers waited: {cause}", f"{seconds:.1f} s"])
     lines = [table(rows, ["run " + result.run_id[:12], ""])]
     if note:
         lines.append(note)

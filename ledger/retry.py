@@ -158,16 +158,18 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._next_slot = 0.0  # time.monotonic() of the next free slot
 
-    def acquire(self, stop_event: threading.Event | None = None) -> None:
-        """Wait for this caller's slot (or until stop_event is set)."""
+    def acquire(self, stop_event: threading.Event | None = None) -> float:
+        """Wait for this caller's slot (or until stop_event is set); return the seconds
+        waited."""
         if not self._interval_s:
-            return
+            return 0.0
         with self._lock:
             now = time.monotonic()
             slot = max(now, self._next_slot)
             self._next_slot = slot + self._interval_s
         if slot > now:
             _sleep(slot - now, stop_event)
+        return time.monotonic() - now
 
     def __repr__(self) -> str:
         return f"RateLimiter(rpm={self.rpm!r})"

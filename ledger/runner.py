@@ -38,6 +38,11 @@ DEFAULT_MODELS = ("google/gemini-2.0-flash-001", "anthropic/claude-3.5-haiku",
 EXIT_DONE, EXIT_CREDIT, EXIT_BUDGET, EXIT_KEY, EXIT_INTERRUPTED = 0, 3, 4, 5, 130
 _HALT_EXIT = {"done": EXIT_DONE, "credit": EXIT_CREDIT, "budget": EXIT_BUDGET, "key": EXIT_KEY,
               "interrupted": EXIT_INTERRUPTED}
+# Why a worker can wait without a request out: a 429 or in-flight 402 pausing every worker
+# for its Retry-After; the --rpm spacing; only jobs waiting out a backoff left to send; the
+# budget held by requests in flight.
+WAIT_CAUSES = ("429/402 pause", "rpm spacing", "backoff, nothing else to send",
+               "budget held by requests in flight")
 # When two stops race, the one that matters more to the user wins.
 _HALT_RANK = {"key": 4, "credit": 3, "budget": 2, "interrupted": 1}
 
@@ -77,6 +82,8 @@ class RunStats:
     models: Counter = field(default_factory=Counter)        # accepted by model served
     rejections: Counter = field(default_factory=Counter)    # by rule
     errors: Counter = field(default_factory=Counter)        # by error class
+    # Worker-seconds spent waiting other than on the API, by cause (WAIT_CAUSES).
+    waited_s: Counter = field(default_factory=Counter)
 
 
 @dataclass(frozen=True)
@@ -242,7 +249,10 @@ class Runner:
                     wait = self._backing_off[0][0] - time.monotonic()
             if job is not None:
                 return self._start_walk(job)
-            if self.halt.event.wait(max(wait, 0.0)):
+            started = time.monotonic()
+            stopped = self.halt.event.wait(max(wait, 0.0))
+            self._waited(WAIT_CAUSES[2], time.monotonic() - started)
+            if stopped:
                 return None
 
     def _back_off(self, walk: _Walk, delay_s: float) -> None:
@@ -327,8 +337,8 @@ class Runner:
         while True:
             if self.halt.event.is_set():
                 return "halt"
-            self.cooldown.wait(self.halt.event)
-            self.limiter.acquire(self.halt.event)
+            self._waited(WAIT_CAUSES[0], self.cooldown.wait(self.halt.event))
+            self._waited(WAIT_CAUSES[1], self.limiter.acquire(self.halt.event))
             if self.halt.event.is_set():
                 return "halt"
             start = self._begin(job, model, position, reserve, walk.cheapest)
@@ -392,7 +402,9 @@ class Runner:
                     self.halt.stop("budget", f"budget of ${self.config.budget_usd:.6f} reached "
                                    "(spend plus requests that may still be billed)")
                     return None
+                started = time.monotonic()
                 self._flight.wait(0.05)  # our requests in flight may free their reservation
+                self._waited(WAIT_CAUSES[3], time.monotonic() - started)
             if self.halt.event.is_set():
                 return None
 
@@ -489,6 +501,11 @@ class Runner:
             self.halt.stop("credit", f"out of credit (HTTP 402, {outcome.limit_source or 'no limit_source'}): "
                            f"{detail}; top up, then run `python cli.py run` again to resume",
                            outcome.limit_source)
+
+    def _waited(self, cause: str, seconds: float) -> None:
+        if seconds > 0.0005:  # a wait that did not happen is a clock read apart
+            with self._stats_lock:
+                self.stats.waited_s[cause] += seconds
 
     def _count(self, **kw: int) -> None:
         with self._stats_lock:

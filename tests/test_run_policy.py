@@ -135,6 +135,29 @@ def test_a_job_backing_off_does_not_hold_its_worker(ledger, store, start_sim) ->
     assert [a.job_id == got[0].job_id for a in got] == [True, False, True, False]
 
 
+def test_the_run_says_why_its_workers_waited(ledger, store, start_sim) -> None:
+    """One worker, two jobs: the first one's 429 (Retry-After 0.4 s) pauses the worker before it
+    may send the second; the summary names the pause and how long it lasted."""
+    store.plan_jobs(make_jobs(2))
+    sim = start_sim(retry_after_s=0.4)
+    sim.script(["429", "ok", "ok"])
+    config = RunConfig(**{**FAST, "backoff_cap_s": 2.0}, concurrency=1)
+    launch = run(ledger, config, base_url=sim.base_url, quiet=True)
+    waited = launch.result.stats.waited_s
+    assert launch.result.reason == "done"
+    assert 0.3 <= waited["429/402 pause"] < 2.0
+    assert "workers waited: 429/402 pause" in launch.summary
+
+
+def test_rpm_spacing_is_counted_as_a_wait(ledger, store, start_sim) -> None:
+    store.plan_jobs(make_jobs(3))
+    sim = start_sim()
+    result = go(ledger, sim, rpm=600)  # a slot every 0.1 s: the 2nd and 3rd requests wait
+    assert result.reason == "done"
+    assert 0.15 <= result.stats.waited_s["rpm spacing"] < 1.0
+    assert "429/402 pause" not in result.stats.waited_s
+
+
 def test_after_tries_per_model_the_next_model_is_tried(ledger, store, start_sim) -> None:
     store.plan_jobs(make_jobs(1))
     sim = start_sim()
