@@ -43,25 +43,27 @@ class RunFigures:
 
 
 class TxCounter:
-    """Counts Store transactions by wrapping the class method for the duration of a block."""
+    """Counts the Store's write transactions by wrapping, for the duration of a block, the
+    method each of them opens with: `transaction()` (claims, start and stop) and the group
+    commits of the run loop's intents and outcomes alike."""
 
     def __init__(self) -> None:
         self.count = 0
 
     @contextmanager
     def counting(self) -> Iterator[TxCounter]:
-        original = Store.transaction
+        original = Store._transaction_locked
         counter = itertools.count(1)
 
         def transaction(store: Store, *args, **kwargs):  # type: ignore[no-untyped-def]
             self.count = next(counter)
             return original(store, *args, **kwargs)
 
-        Store.transaction = transaction  # type: ignore[method-assign]
+        Store._transaction_locked = transaction  # type: ignore[method-assign]
         try:
             yield self
         finally:
-            Store.transaction = original  # type: ignore[method-assign]
+            Store._transaction_locked = original  # type: ignore[method-assign]
 
 
 def head_seq(ledger: Ledger) -> int:
