@@ -55,11 +55,11 @@ class TxCounter:
         original = Store._transaction_locked
         counter = itertools.count(1)
 
-        def transaction(store: Store, *args, **kwargs):  # type: ignore[no-untyped-def]
+        def counted(store: Store, *args, **kwargs):  # type: ignore[no-untyped-def]
             self.count = next(counter)
             return original(store, *args, **kwargs)
 
-        Store._transaction_locked = transaction  # type: ignore[method-assign]
+        Store._transaction_locked = counted  # type: ignore[method-assign]
         try:
             yield self
         finally:

@@ -285,9 +285,10 @@ def _scale(sc: dict[str, Any]) -> str:
                    f"imports, open + migrate check): {cb['first_s']:.2f} s creating it, "
                    f"{cb['second_s']:.2f} s once it exists.")
     if sc.get("big_status"):
-        bs2 = sc["big_status"]
-        out.append(f"`status` on the 900k-accepted ledger: {bs2['seconds']:.2f} s"
-                   + (f" (run again: {bs2['again_s']:.2f} s)." if bs2.get("again_s") else "."))
+        status = sc["big_status"]
+        again = status.get("again_s")
+        out.append(f"`status` on the 900k-accepted ledger: {status['seconds']:.2f} s"
+                   + (f" (run again: {again:.2f} s)." if again is not None else "."))
     return "\n\n".join(out)
 
 

@@ -55,6 +55,16 @@ def timed_cli(args: list[str], env: dict[str, str], timeout: float = 600,
             "stderr_tail": err[-1] if err else "", "stdout": proc.stdout}
 
 
+def timed_twice(args: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """timed_cli, then the same command once more when it succeeded ('again_s', else None).
+    The first run is the figure: a user's command after a run may find the ledger's pages out
+    of the OS cache. The second shows what a warm cache gives, so a slow first figure can be
+    told apart from a slow query."""
+    r = timed_cli(args, env)
+    r["again_s"] = timed_cli(args, env)["seconds"] if r["exit"] == 0 else None
+    return r
+
+
 def command_exists(name: str) -> bool:
     """Whether `cli.py NAME` is wired (fire answers an unknown command with an error)."""
     proc = subprocess.run([sys.executable, CLI, name, "--help"], cwd=ROOT, capture_output=True,
@@ -176,13 +186,9 @@ def exports_and_reports(big: Path, workdir: Path, accepted: int) -> dict[str, An
     if names is None:
         out["reports"] = "not yet measured: `cli.py report` is not wired"
     for name in names or []:
-        # The first run is the figure (a user's report after a run may find the ledger's pages
-        # out of the OS cache); the second shows what a warm cache gives, so a slow first
-        # figure can be told apart from a slow query.
-        r = timed_cli(["report", name], env)
-        again = timed_cli(["report", name], env) if r["exit"] == 0 else None
+        r = timed_twice(["report", name], env)
         out["reports"].append({"name": name, "seconds": r["seconds"], "exit": r["exit"],
-                               "again_s": again["seconds"] if again else None,
+                               "again_s": r["again_s"],
                                "error": r["stderr_tail"] if r["exit"] else ""})
     out["page_cache_mib"] = _page_cache_mib()
     if command_exists("analyze"):
@@ -225,9 +231,8 @@ def _count_lines(path: Path) -> int:
 
 
 def big_status(big: Path) -> dict[str, Any]:
-    r = timed_cli(["status"], cli_env(big))
-    again = timed_cli(["status"], cli_env(big))  # as for the reports: the first run counts
-    return {"seconds": r["seconds"], "again_s": again["seconds"], "exit": r["exit"],
+    r = timed_twice(["status"], cli_env(big))
+    return {"seconds": r["seconds"], "again_s": r["again_s"], "exit": r["exit"],
             "error": r["stderr_tail"]}
 
 
