@@ -1,186 +1,37 @@
 """One OpenRouter (OpenAI-compatible) chat call becomes one typed, recordable CallOutcome.
 
 `chat` never raises for HTTP or network trouble: every failure is an outcome whose
-`error_class` the retry policy (ledger.retry) and the SQL reports read. Classification looks
-only at the status, `error.code` and `error.metadata`, never at message text, because messages
-change without notice. The API key never leaves this module: it is scrubbed from every string
-that comes back, server echoes and exception texts included.
+`error_class` (classified in ledger.call_outcome) the retry policy and the SQL reports read.
+The API key never leaves this module: it is scrubbed from every string that comes back, server
+echoes and exception texts included.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
-import math
 import os
 import re
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
+from ledger.call_outcome import (ERROR_CLASSES, CallOutcome, as_dict, as_int, as_number, as_str,
+                                 choice_content, classify, decode_body, first_choice)
 from ledger.errors import KeyRejected, LedgerError, UsageError
-from ledger.retry import NEXT_MODEL, RETRYABLE, STOP_RUN, parse_retry_after
+from ledger.retry import parse_retry_after
 from ledger.transport import ChatConnection, ContentEncodingError, Response, read_body
 
 __all__ = ["ERROR_CLASSES", "CallOutcome", "OpenRouterClient", "classify", "parse_retry_after"]
 
-# Stable strings: stored in the ledger and grouped on by the SQL reports.
-OK_200 = "ok"
-# HTTP 200 but unusable; all may be billed. length and content_filter keep their content so
-# the caller can record (and reject) what it paid for.
-FAILED_200 = ("length", "content_filter", "error_in_200", "no_choices", "malformed")
-_STATUS_CLASSES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 408: "timeout",
-                   429: "rate_limited"}
-HTTP_ERRORS = (*_STATUS_CLASSES.values(), "credit_in_flight", "credit_exhausted", "server_error",
-               "http_error")
-# "timeout" also covers a client-side connect or read timeout (no response, or a cut-off body).
-ERROR_CLASSES = frozenset((OK_200, *FAILED_200, *HTTP_ERRORS, "connection_error"))
-IN_FLIGHT_LIMIT_SOURCE = "openrouter_in_flight_budget"
 MESSAGE_MAX_CHARS = 500
 REDACTED = "[redacted]"
 # Whatever key a server echoes (ours is removed exactly; these catch partial or other keys).
 _SECRET_PATTERNS = re.compile(r"(?i)\bbearer\s+\S+|\bsk-or-[A-Za-z0-9_-]+")
-
-
-@dataclass(frozen=True, kw_only=True)
-class CallOutcome:
-    """What one chat request produced, ready to be recorded as an attempt's outcome."""
-
-    error_class: str  # one of ERROR_CLASSES; "ok" only for a usable completion
-    latency_ms: float
-    http_status: int | None = None  # None when no HTTP response arrived
-    error_code: int | None = None  # error.code from the body
-    error_type: str | None = None  # error.metadata.error_type
-    limit_source: str | None = None  # error.metadata.limit_source (402)
-    retry_after_s: float | None = None  # parsed and capped Retry-After
-    message: str | None = None  # one line, <= MESSAGE_MAX_CHARS, key scrubbed
-    model_served: str | None = None
-    provider: str | None = None
-    generation_id: str | None = None  # X-Generation-Id header, else body `id`
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    cost_usd: float | None = None  # usage.cost when the server sent it; None means "estimate it"
-    finish_reason: str | None = None
-    content: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error_class == "ok"
-
-    @property
-    def transient(self) -> bool:
-        """The same call may succeed after a pause."""
-        return self.error_class in RETRYABLE
-
-    @property
-    def next_model(self) -> bool:
-        """This model will not do for this prompt; the next one in the chain may."""
-        return self.error_class in NEXT_MODEL
-
-    @property
-    def halt_reason(self) -> str | None:
-        """"key" or "credit" when the whole run must stop, else None."""
-        return STOP_RUN.get(self.error_class)
-
-
-def classify(status: int, body: object | None
-             ) -> tuple[str, int | None, str | None, str | None]:
-    """(error_class, error_code, error_type, limit_source) from a status and a decoded body.
-
-    `body` is the decoded JSON, or None when the body was not JSON. An error inside a 200 is
-    read from the top-level `error`, else from `choices[0].error` when finish_reason is "error".
-    """
-    doc = body if isinstance(body, dict) else {}
-    error = _dict(doc.get("error"))
-    choice = _first_choice(doc)
-    if error is None and status == 200 and choice and choice.get("finish_reason") == "error":
-        error = _dict(choice.get("error"))
-    code, error_type, limit_source = _error_details(error)
-    if status == 200:
-        error_class = _classify_200(body, choice)
-    elif status == 402:
-        in_flight = limit_source == IN_FLIGHT_LIMIT_SOURCE
-        error_class = "credit_in_flight" if in_flight else "credit_exhausted"
-    elif 500 <= status <= 599:
-        error_class = "server_error"
-    else:
-        error_class = _STATUS_CLASSES.get(status, "http_error")
-    return error_class, code, error_type, limit_source
-
-
-def _classify_200(body: object | None, choice: dict | None) -> str:
-    if not isinstance(body, dict):
-        return "malformed"
-    if body.get("error") is not None:
-        return "error_in_200"
-    if choice is None:
-        return "no_choices"
-    finish_reason = choice.get("finish_reason")
-    if finish_reason == "error":
-        return "error_in_200"
-    if finish_reason in ("length", "content_filter"):
-        return finish_reason
-    content = _content(choice)
-    if content is None or not content.strip():
-        return "no_choices"
-    if finish_reason not in ("stop", None):
-        # tool_calls or an unnormalised value: not a complete answer to our prompt.
-        return "no_choices"
-    return "ok"
-
-
-def _error_details(error: dict | None) -> tuple[int | None, str | None, str | None]:
-    if error is None:
-        return None, None, None
-    metadata = _dict(error.get("metadata")) or {}
-    limit_source = _str(metadata.get("limit_source"))
-    return _int(error.get("code")), _str(metadata.get("error_type")), limit_source
-
-
-def _first_choice(body: dict) -> dict | None:
-    choices = body.get("choices")
-    if not isinstance(choices, list) or not choices:
-        return None
-    return _dict(choices[0])
-
-
-def _content(choice: dict) -> str | None:
-    message = _dict(choice.get("message"))
-    return _str(message.get("content")) if message is not None else None
-
-
-def _dict(value: object) -> dict | None:
-    return value if isinstance(value, dict) else None
-
-
-def _str(value: object) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _int(value: object) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return int(value) if isinstance(value, str) and value.strip().isdigit() else None
-
-
-def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def _decode(raw: bytes) -> object | None:
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError):  # ValueError covers JSONDecodeError and bad UTF-8
-        return None
 
 
 class OpenRouterClient:
@@ -289,11 +140,11 @@ class OpenRouterClient:
 
     def _outcome(self, status: int, headers: Mapping[str, str], raw: bytes,
                  latency_ms: float) -> CallOutcome:
-        body = _decode(raw)
+        body = decode_body(raw)
         error_class, code, error_type, limit_source = classify(status, body)
         doc = body if isinstance(body, dict) else {}
-        usage = _dict(doc.get("usage")) or {}
-        choice = _first_choice(doc) or {}
+        usage = as_dict(doc.get("usage")) or {}
+        choice = first_choice(doc) or {}
         clean = self._clean
         return CallOutcome(
             http_status=status,
@@ -303,19 +154,19 @@ class OpenRouterClient:
             limit_source=clean(limit_source),
             retry_after_s=parse_retry_after(headers.get("Retry-After")),
             message=None if error_class == "ok" else self._message(error_class, doc, choice, raw),
-            model_served=clean(_str(doc.get("model"))),
-            provider=clean(_str(doc.get("provider"))),
-            generation_id=clean(headers.get("X-Generation-Id") or _str(doc.get("id"))),
-            prompt_tokens=_int(usage.get("prompt_tokens")),
-            completion_tokens=_int(usage.get("completion_tokens")),
-            cost_usd=_number(usage.get("cost")),
-            finish_reason=clean(_str(choice.get("finish_reason"))),
-            content=clean(_content(choice)),
+            model_served=clean(as_str(doc.get("model"))),
+            provider=clean(as_str(doc.get("provider"))),
+            generation_id=clean(headers.get("X-Generation-Id") or as_str(doc.get("id"))),
+            prompt_tokens=as_int(usage.get("prompt_tokens")),
+            completion_tokens=as_int(usage.get("completion_tokens")),
+            cost_usd=as_number(usage.get("cost")),
+            finish_reason=clean(as_str(choice.get("finish_reason"))),
+            content=clean(choice_content(choice)),
             latency_ms=latency_ms,
         )
 
     def _message(self, error_class: str, doc: dict, choice: dict, raw: bytes) -> str | None:
-        error = _dict(doc.get("error")) or _dict(choice.get("error"))
+        error = as_dict(doc.get("error")) or as_dict(choice.get("error"))
         if error is not None and isinstance(error.get("message"), str):
             return self._one_line(error["message"])
         if error_class == "malformed":
@@ -377,11 +228,11 @@ class OpenRouterClient:
             return None
         if response.status_code == 401:
             raise KeyRejected("OpenRouter rejected the API key (HTTP 401): check that it is valid")
-        body = _decode(response.content)
+        body = decode_body(response.content)
         doc = body if isinstance(body, dict) else {}
         if response.status_code != 200:
-            error = _dict(doc.get("error")) or {}
-            detail = _str(error.get("message")) or _snippet(response.content)
+            error = as_dict(doc.get("error")) or {}
+            detail = as_str(error.get("message")) or _snippet(response.content)
             raise LedgerError(self._one_line(
                 f"GET {path} failed with HTTP {response.status_code}: {detail}"
             ))

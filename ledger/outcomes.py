@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .client import CallOutcome
+from .call_outcome import CallOutcome
 from .dialogue import to_messages
 from .records import OutcomeRecord, VerdictRecord
 

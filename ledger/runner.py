@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import queries
-from .client import CallOutcome, OpenRouterClient
+from .call_outcome import CallOutcome
+from .client import OpenRouterClient
 from .db import Ledger
 from .filters import FILTER_VERSION, FilterConfig, judge
 from .pricing import PriceBook, estimate_prompt_tokens
