@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger.db import open_ledger
-from ledger.runner import RunConfig
+from ledger.runconfig import RunConfig
 
 from bench.harness import measured_run
 from bench.simproc import start_simulator

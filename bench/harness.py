@@ -20,7 +20,8 @@ from sqlalchemy import text
 from ledger.client import OpenRouterClient
 from ledger.db import Ledger
 from ledger.launch import dead_runs_here, prices_for
-from ledger.runner import RunConfig, Runner, RunStats
+from ledger.runconfig import RunConfig
+from ledger.runner import Runner, RunStats
 from ledger.store import Store
 
 from bench.simproc import BENCH_KEY

@@ -23,7 +23,7 @@ from ledger.db import Ledger
 from ledger.filters import FilterConfig, judge
 from ledger.pricing import estimate_prompt_tokens
 from ledger.prompts import PromptInput, render_messages
-from ledger.runner import DEFAULT_MODELS
+from ledger.runconfig import DEFAULT_MODELS
 
 from bench.simproc import BENCH_KEY
 

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import event
 
 from ledger.db import Ledger, open_ledger
-from ledger.runner import RunConfig
+from ledger.runconfig import RunConfig
 
 from bench.harness import TxCounter, measured_run
 from bench.jsonl_loop import load_jobs, run_jsonl

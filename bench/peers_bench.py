@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger.db import open_ledger
-from ledger.runner import DEFAULT_MODELS, RunConfig
+from ledger.runconfig import DEFAULT_MODELS, RunConfig
 
 from bench.harness import measured_run
 from bench.jsonl_loop import _messages, load_jobs

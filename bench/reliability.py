@@ -282,7 +282,7 @@ def forked_run(ledger_path: Path, base_url: str, fault: str | None) -> int:
         code = 1
         try:
             from ledger.launch import run
-            from ledger.runner import RunConfig
+            from ledger.runconfig import RunConfig
 
             if fault:
                 os.environ[FAULT_ENV] = fault

@@ -18,7 +18,7 @@ from bench.efficiency import mean_latency_s  # noqa: E402
 from bench.harness import measured_run  # noqa: E402
 from bench.simproc import pin_client, start_simulator  # noqa: E402
 from bench.workload import planned_ledger  # noqa: E402
-from ledger.runner import RunConfig  # noqa: E402
+from ledger.runconfig import RunConfig  # noqa: E402
 
 JOBS = 500
 CONCURRENCY = 32

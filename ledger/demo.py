@@ -16,7 +16,7 @@ from .launch import run
 from .planner import plan_ledger
 from .queries import status
 from .render import plan_text, status_text
-from .runner import RunConfig
+from .runconfig import RunConfig
 from .simulator import SimConfig, Simulator
 
 DEMO_KEY = "sk-demo-local-simulator"

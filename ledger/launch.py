@@ -16,7 +16,8 @@ from .errors import CreditExhausted, UsageError
 from .pricing import PriceBook, estimate_prompt_tokens, price_book, prices_from_models
 from .prompts import PromptInput, render_messages
 from .render import table, usd
-from .runner import RunConfig, Runner, RunResult, is_process_alive
+from .runconfig import RunConfig
+from .runner import Runner, RunResult, is_process_alive
 
 DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
 KEY_ENV = "OPENROUTER_API_KEY"

@@ -8,13 +8,42 @@ Command-line options win over the file.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
 from .filters import FilterConfig
-from .runner import RunConfig
+
+DEFAULT_MODELS = ("google/gemini-2.0-flash-001", "anthropic/claude-3.5-haiku",
+                  "moonshotai/kimi-k2.5")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run's settings: the model chain, limits, retry policy and filter rules."""
+
+    models: tuple[str, ...] = DEFAULT_MODELS
+    max_tokens: int = 200
+    concurrency: int = 8
+    budget_usd: float | None = None
+    rpm: float | None = None
+    tries_per_model: int = 3        # transient failures on one model before the next
+    rejections_per_model: int = 2   # quality rejections on one model before the next
+    lease_s: float = 900.0          # a lease outlives every retry of one job on one model
+    retry_failed: bool = False
+    limit: int | None = None        # stop after this many jobs were finished (accepted/failed)
+    backoff_base_s: float = 0.5
+    backoff_cap_s: float = 30.0
+    filter_config: FilterConfig = field(default_factory=FilterConfig)
+
+    def public(self, base_url: str) -> dict[str, Any]:
+        """What a run row records about its configuration (never the key)."""
+        return {"models": list(self.models), "max_tokens": self.max_tokens,
+                "concurrency": self.concurrency, "budget_usd": self.budget_usd,
+                "rpm": self.rpm, "tries_per_model": self.tries_per_model,
+                "rejections_per_model": self.rejections_per_model, "base_url": base_url}
+
 
 _FILE_KEYS = {"models", "max_tokens", "concurrency", "budget_usd", "rpm", "tries_per_model",
               "rejections_per_model", "base_url", "correction_phrases", "min_turns"}

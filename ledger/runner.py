@@ -18,22 +18,19 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from . import queries
 from .call_outcome import CallOutcome
 from .client import OpenRouterClient
 from .db import Ledger
-from .filters import FILTER_VERSION, FilterConfig, judge
+from .filters import FILTER_VERSION, judge
 from .pricing import PriceBook, estimate_prompt_tokens
 from .prompts import PROMPT_VERSION, PromptInput, render_messages
 from .outcomes import halt_reason, outcome_record, verdict_record
 from .records import AttemptStart, ClaimedJob, OutcomeRecord, VerdictRecord
 from .retry import Cooldown, RateLimiter, backoff_delay
+from .runconfig import RunConfig
 from .store import Store
-
-DEFAULT_MODELS = ("google/gemini-2.0-flash-001", "anthropic/claude-3.5-haiku",
-                  "moonshotai/kimi-k2.5")
 
 # Exit codes of `run`: a contract other tools rely on.
 EXIT_DONE, EXIT_CREDIT, EXIT_BUDGET, EXIT_KEY, EXIT_INTERRUPTED = 0, 3, 4, 5, 130
@@ -46,30 +43,6 @@ WAIT_CAUSES = ("429/402 pause", "rpm spacing", "backoff, nothing else to send",
                "budget held by requests in flight")
 # When two stops race, the one that matters more to the user wins.
 _HALT_RANK = {"key": 4, "credit": 3, "budget": 2, "interrupted": 1}
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    models: tuple[str, ...] = DEFAULT_MODELS
-    max_tokens: int = 200
-    concurrency: int = 8
-    budget_usd: float | None = None
-    rpm: float | None = None
-    tries_per_model: int = 3        # transient failures on one model before the next
-    rejections_per_model: int = 2   # quality rejections on one model before the next
-    lease_s: float = 900.0          # a lease outlives every retry of one job on one model
-    retry_failed: bool = False
-    limit: int | None = None        # stop after this many jobs were finished (accepted/failed)
-    backoff_base_s: float = 0.5
-    backoff_cap_s: float = 30.0
-    filter_config: FilterConfig = field(default_factory=FilterConfig)
-
-    def public(self, base_url: str) -> dict[str, Any]:
-        """What a run row records about its configuration (never the key)."""
-        return {"models": list(self.models), "max_tokens": self.max_tokens,
-                "concurrency": self.concurrency, "budget_usd": self.budget_usd,
-                "rpm": self.rpm, "tries_per_model": self.tries_per_model,
-                "rejections_per_model": self.rejections_per_model, "base_url": base_url}
 
 
 @dataclass

@@ -104,7 +104,7 @@ def test_a_lease_from_another_host_is_respected_until_it_expires(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch
                                                                  ) -> None:
     from ledger.launch import run
-    from ledger.runner import RunConfig
+    from ledger.runconfig import RunConfig
 
     monkeypatch.setenv("OPENROUTER_API_KEY", KEY)
     ledger = open_ledger(str(tmp_path / "ledger.db"))

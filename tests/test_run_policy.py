@@ -20,7 +20,8 @@ from conftest import make_jobs
 from ledger.client import OpenRouterClient
 from ledger.db import open_ledger
 from ledger.launch import prices_for, run
-from ledger.runner import RunConfig, Runner, RunResult
+from ledger.runconfig import RunConfig
+from ledger.runner import Runner, RunResult
 from ledger.simulator import SimConfig, Simulator
 
 KEY = "sk-or-v1-policy-test-key-0123456789"

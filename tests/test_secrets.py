@@ -19,7 +19,7 @@ from ledger.commands import Commands
 from ledger.db import open_ledger
 from ledger.export import export_dialogues
 from ledger.launch import run
-from ledger.runner import RunConfig
+from ledger.runconfig import RunConfig
 from ledger.simulator import SimConfig, Simulator
 
 

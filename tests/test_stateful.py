@@ -18,7 +18,7 @@ from ledger.db import open_ledger
 from ledger.export import export_dialogues
 from ledger.launch import run
 from ledger.refilter import refilter
-from ledger.runner import RunConfig
+from ledger.runconfig import RunConfig
 from ledger.simulator import SimConfig, Simulator
 from ledger.store import FAULT_EXIT_CODE, Store
 from ledger.verify import check_chain, check_money, check_projections
