@@ -18,12 +18,10 @@ _STORE_SQL = {
                    "WHERE id = 1{for_update}",
     "update_totals": "UPDATE ledger_totals SET head_seq = ?, head_hash = ?, next_id = ?, "
                      "spend_usd = ? WHERE id = 1",
-    # The jobs appended after a seq, opened. Rows go in by job id, so the key index and the
-    # foreign-key probe into jobs walk forward instead of jumping (~2 s of 1M rows); on SQLite
-    # `+job_id` keeps the seq range scan and sorts, rather than scanning every job by its key.
+    # The jobs appended after a seq, opened; the order they go in is per dialect (Statements).
     "open_jobs_after": "INSERT INTO job_state (job_id, seq, l1, pattern, level, state, attempts, "
                        "last_attempt_no, spend_usd) SELECT job_id, seq, l1, pattern, level, "
-                       "'open', 0, 0, 0.0 FROM jobs WHERE seq > ? ORDER BY {by_job_id}",
+                       "'open', 0, 0, 0.0 FROM jobs WHERE seq > ? ORDER BY {state_order}",
     "select_claimable": "SELECT job_id FROM job_state WHERE state = 'open' AND "
                         "(lease_expires_at IS NULL OR lease_expires_at < ?) ORDER BY seq LIMIT ?"
                         "{skip_locked}",
@@ -113,7 +111,12 @@ class Statements:
             + " UNION ALL SELECT 0 AS id",
             "events": _event_union("seq, row_hash"),
             "replay_job_state": REPLAY_JOB_STATE,
-            "by_job_id": "job_id" if pg else "+job_id",
+            # SQLite stores job_state rows in the order they go in, and a run claims, starts
+            # and finishes jobs in plan order: rows in seq order put the jobs of one group commit
+            # on one page. Measured (c=64, 50 ms): 2.7 -> 0.6 pages written per job for
+            # job_state, 17.7 -> 15.3 in all, the intent commit 10-20% less CPU; a 1M plan took
+            # as long either way. PostgreSQL keeps job-id order (its key index walks forward).
+            "state_order": "job_id" if pg else "seq",
         }
         self._sql = {name: self._translate(text.format(**fmt)) for name, text in _STORE_SQL.items()}
 
