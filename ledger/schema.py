@@ -258,9 +258,8 @@ PROJECTION_TABLES: tuple[Table, ...] = (job_state, open_attempts, ledger_totals)
 
 GENESIS_HASH = "0" * 64
 
-# Index used by the per-job attempt lookups of views and replays.
-Index("ix_attempts_job_id", attempts.c.job_id)
-Index("ix_verdicts_attempt_id", verdicts.c.attempt_id)
+# Per-job failure lookups. Attempts by job and verdicts by attempt use their unique keys
+# (migration 0006 dropped the single-column indexes that were those keys' prefixes).
 Index("ix_job_failures_job_id", job_failures.c.job_id)
 
 

@@ -120,3 +120,29 @@ def test_0005_rebuilds_insert_guards_that_checked_a_key_twice(tmp_path):
         con.execute("INSERT OR REPLACE INTO runs VALUES ('r', 1, 'h', 't', 'host', 1, 'p', 'f', "
                     "'{}')")
     con.close()
+
+
+def test_0006_drops_prefix_indexes_and_lookups_still_search_a_key(tmp_path):
+    """A 0005 ledger loses the two single-column indexes on upgrade; attempts by job and
+    verdicts by attempt are still searched through an index, never a scan of the table."""
+    db = _ledger_at(tmp_path / "old.db", "0005")
+
+    def indexes() -> set[str]:
+        con = sqlite3.connect(db)
+        try:
+            return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        finally:
+            con.close()
+
+    assert {"ix_attempts_job_id", "ix_verdicts_attempt_id"} <= indexes()
+    open_ledger(str(db)).dispose()
+    assert not {"ix_attempts_job_id", "ix_verdicts_attempt_id"} & indexes()
+    con = sqlite3.connect(db)
+    try:
+        for sql in ("SELECT * FROM attempts WHERE job_id = 'j'",
+                    "SELECT MAX(attempt_no) FROM attempts WHERE job_id = 'j'",
+                    "SELECT * FROM verdicts WHERE attempt_id = 1"):
+            plan = " ".join(r[3] for r in con.execute("EXPLAIN QUERY PLAN " + sql))
+            assert plan.startswith("SEARCH") and "INDEX" in plan, (sql, plan)
+    finally:
+        con.close()
