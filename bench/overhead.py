@@ -77,18 +77,33 @@ def jsonl_row(template: Path, workdir: Path, n_jobs: int, concurrency: int) -> d
             "sim_max_in_flight": max_in_flight}
 
 
-def run_overhead(n_jobs: int, concurrency: int, log: Any = print) -> dict[str, Any]:
+def run_overhead(n_jobs: int, concurrency: int, log: Any = print,
+                 repeats: int = 3) -> dict[str, Any]:
+    """The ledger and JSONL loops run `repeats` times each, taking turns, and each is shown by
+    its median run (by CPU per job): the machine's speed drifts within minutes, and one run of
+    a few seconds per loop can land the two on different speeds."""
     with tempfile.TemporaryDirectory(prefix="bench-overhead-", dir=_disk_tmp()) as tmp:
         workdir = Path(tmp)
         template = workdir / "template.db"
         planned_ledger(template, n_jobs).dispose()
-        rows = [ledger_row(template, workdir, n_jobs, concurrency),
-                jsonl_row(template, workdir, n_jobs, concurrency),
-                ledger_row(template, workdir, n_jobs, concurrency, synchronous="NORMAL")]
+        runs: dict[str, list[dict[str, Any]]] = {"ledger": [], "jsonl": []}
+        for _ in range(repeats):
+            runs["ledger"].append(ledger_row(template, workdir, n_jobs, concurrency))
+            runs["jsonl"].append(jsonl_row(template, workdir, n_jobs, concurrency))
+        what_if = ledger_row(template, workdir, n_jobs, concurrency, synchronous="NORMAL")
+    rows = []
+    for kind in ("ledger", "jsonl"):
+        ordered = sorted(runs[kind], key=lambda r: r["cpu_ms_per_job"])
+        median = dict(ordered[len(ordered) // 2])
+        median["runs_cpu_ms_per_job"] = [r["cpu_ms_per_job"] for r in runs[kind]]
+        rows.append(median)
+    rows.append({**what_if, "runs_cpu_ms_per_job": [what_if["cpu_ms_per_job"]]})
     for r in rows:
-        log(f"  {r['loop']}: {r['jobs_per_s']:.0f} jobs/s, {r['cpu_ms_per_job']:.2f} ms CPU/job")
+        each = ", ".join(f"{x:.2f}" for x in r["runs_cpu_ms_per_job"])
+        log(f"  {r['loop']}: {r['jobs_per_s']:.0f} jobs/s, {r['cpu_ms_per_job']:.2f} ms CPU/job"
+            f" (runs: {each})")
     books, plain = rows[0], rows[1]
-    return {"concurrency": concurrency, "jobs": n_jobs, "rows": rows,
+    return {"concurrency": concurrency, "jobs": n_jobs, "repeats": repeats, "rows": rows,
             "cpu_ratio": books["cpu_ms_per_job"] / plain["cpu_ms_per_job"],
             "throughput_ratio": books["jobs_per_s"] / plain["jobs_per_s"]}
 
