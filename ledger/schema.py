@@ -332,12 +332,14 @@ def drop_append_only_ddl(dialect: str, table: Table) -> list[str]:
     return [f"DROP TRIGGER IF EXISTS trg_{name}_append_only ON {name}",
             f"DROP TRIGGER IF EXISTS trg_{name}_no_truncate ON {name}"]
 
-# Indexes the reporting views lean on (created in migration 0002).
+# Indexes the reporting views lean on (created in migration 0002). The two cost indexes carry
+# attempt_id after their group column, so a new outcome goes in at the end of its group's range
+# (migration 0007).
 Index("ix_attempt_outcomes_model_cost", attempt_outcomes.c.model_served,
-      attempt_outcomes.c.cost_usd, attempt_outcomes.c.prompt_tokens,
-      attempt_outcomes.c.completion_tokens)
+      attempt_outcomes.c.attempt_id, attempt_outcomes.c.cost_usd,
+      attempt_outcomes.c.prompt_tokens, attempt_outcomes.c.completion_tokens)
 Index("ix_attempt_outcomes_error_cost", attempt_outcomes.c.error_class,
-      attempt_outcomes.c.cost_usd)
+      attempt_outcomes.c.attempt_id, attempt_outcomes.c.cost_usd)
 Index("ix_attempts_run_id", attempts.c.run_id)
 Index("ix_attempts_fallback", attempts.c.chain_position,
       sqlite_where=text("chain_position > 0"), postgresql_where=text("chain_position > 0"))

@@ -146,3 +146,26 @@ def test_0006_drops_prefix_indexes_and_lookups_still_search_a_key(tmp_path):
             assert plan.startswith("SEARCH") and "INDEX" in plan, (sql, plan)
     finally:
         con.close()
+
+
+def test_0007_keys_cost_indexes_by_attempt_and_the_cost_views_still_cover(tmp_path):
+    """After 0007 the two cost indexes put attempt_id right after their group column (new
+    outcomes append to their group's range), and the cost views still read them as covering
+    indexes instead of the dialogue-carrying rows."""
+    db = _ledger_at(tmp_path / "old.db", "0006")
+    open_ledger(str(db)).dispose()
+    con = sqlite3.connect(db)
+    try:
+        def columns(index: str) -> list[str]:
+            return [r[2] for r in con.execute(f"PRAGMA index_info({index})")]
+
+        assert columns("ix_attempt_outcomes_model_cost") == [
+            "model_served", "attempt_id", "cost_usd", "prompt_tokens", "completion_tokens"]
+        assert columns("ix_attempt_outcomes_error_cost") == [
+            "error_class", "attempt_id", "cost_usd"]
+        for view, index in (("v_cost_by_model", "ix_attempt_outcomes_model_cost"),
+                            ("v_waste_by_reason", "ix_attempt_outcomes_error_cost")):
+            plan = [r[3] for r in con.execute(f"EXPLAIN QUERY PLAN SELECT * FROM {view}")]
+            assert any(f"COVERING INDEX {index}" in step for step in plan), plan
+    finally:
+        con.close()
