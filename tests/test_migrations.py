@@ -33,12 +33,18 @@ def _ledger_at(db, revision: str):  # type: ignore[no-untyped-def]
     return db
 
 
-def _triggers(db_path) -> set[str]:
+def _schema_names(db_path, kind: str) -> set[str]:
+    """Names of the schema objects of one kind ('trigger', 'index', ...) in a SQLite file."""
     con = sqlite3.connect(db_path)
     try:
-        return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='trigger'")}
+        return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = ?",
+                                          (kind,))}
     finally:
         con.close()
+
+
+def _triggers(db_path) -> set[str]:
+    return _schema_names(db_path, "trigger")
 
 
 def test_migrated_schema_matches_the_code_metadata(ledger):
@@ -126,17 +132,10 @@ def test_0006_drops_prefix_indexes_and_lookups_still_search_a_key(tmp_path):
     """A 0005 ledger loses the two single-column indexes on upgrade; attempts by job and
     verdicts by attempt are still searched through an index, never a scan of the table."""
     db = _ledger_at(tmp_path / "old.db", "0005")
-
-    def indexes() -> set[str]:
-        con = sqlite3.connect(db)
-        try:
-            return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-        finally:
-            con.close()
-
-    assert {"ix_attempts_job_id", "ix_verdicts_attempt_id"} <= indexes()
+    dropped = {"ix_attempts_job_id", "ix_verdicts_attempt_id"}
+    assert dropped <= _schema_names(db, "index")
     open_ledger(str(db)).dispose()
-    assert not {"ix_attempts_job_id", "ix_verdicts_attempt_id"} & indexes()
+    assert not dropped & _schema_names(db, "index")
     con = sqlite3.connect(db)
     try:
         for sql in ("SELECT * FROM attempts WHERE job_id = 'j'",
