@@ -171,7 +171,8 @@ def _efficiency(res: dict[str, Any]) -> str:
 # Short names for the run loop's wait causes (ledger.runner.WAIT_CAUSES) in a narrow column.
 _WAIT_NAMES = {"429/402 pause": "429 pause", "rpm spacing": "rpm",
                "backoff, nothing else to send": "backoff",
-               "budget held by requests in flight": "budget"}
+               "budget held by requests in flight": "budget",
+               "no job left to start": "no job left"}
 
 
 def _waits(shares: dict[str, float]) -> str:

@@ -87,7 +87,8 @@ def grid_text(grid: efficiency.Grid) -> str:
             "the part the run loop counts itself (RunStats.waited_s, also in `run`'s summary), "
             "as a share of all worker time: the 429/402 pause every worker honours, --rpm "
             "spacing, a backoff with nothing else left to send, budget held by requests in "
-            "flight; the rest of the idle time is the loop's own work and queueing.")
+            "flight, no job left to start while the other workers finish theirs (the run's "
+            "tail); the rest of the idle time is the loop's own work and queueing.")
 
 
 def save(res: dict[str, Any], started: float, partial: bool) -> None:

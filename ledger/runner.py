@@ -38,9 +38,10 @@ _HALT_EXIT = {"done": EXIT_DONE, "credit": EXIT_CREDIT, "budget": EXIT_BUDGET, "
               "interrupted": EXIT_INTERRUPTED}
 # Why a worker can wait without a request out: a 429 or in-flight 402 pausing every worker
 # for its Retry-After; the --rpm spacing; only jobs waiting out a backoff left to send; the
-# budget held by requests in flight.
+# budget held by requests in flight; no job left to start while other workers finish theirs
+# (a run's tail: the last answers and retries decide when it ends).
 WAIT_CAUSES = ("429/402 pause", "rpm spacing", "backoff, nothing else to send",
-               "budget held by requests in flight")
+               "budget held by requests in flight", "no job left to start")
 # When two stops race, the one that matters more to the user wins.
 _HALT_RANK = {"key": 4, "credit": 3, "budget": 2, "interrupted": 1}
 
@@ -142,6 +143,9 @@ class Runner:
         self._flight = threading.Condition()
         self._claimed_total = 0
         self._budget_skipped = 0  # attempts on dearer fallbacks the budget could not cover
+        # time.monotonic() when each worker found no job left, and when the last worker ended
+        self._out_of_work: list[float] = []
+        self._last_exit = 0.0
         self.crash: BaseException | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -166,6 +170,8 @@ class Runner:
             self.halt.stop("interrupted", "interrupted by Ctrl-C")
             for t in threads:  # in-flight requests finish and are recorded
                 t.join()
+        for since in self._out_of_work:
+            self._waited(WAIT_CAUSES[4], self._last_exit - since)
         return self._finish()
 
     def _crashed(self, exc: BaseException) -> None:
@@ -235,10 +241,20 @@ class Runner:
                            (time.monotonic() + delay_s, next(self._backoff_order), walk))
 
     def _worker(self) -> None:
+        try:
+            self._work()
+        finally:
+            with self._stats_lock:
+                self._last_exit = max(self._last_exit, time.monotonic())
+
+    def _work(self) -> None:
         while not self.halt.event.is_set():
             try:
                 walk = self._next_walk()
                 if walk is None:
+                    if not self.halt.event.is_set():
+                        with self._stats_lock:
+                            self._out_of_work.append(time.monotonic())
                     return
                 step = self._walk(walk)
             except BaseException as exc:  # a worker must not die silently

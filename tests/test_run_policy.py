@@ -162,6 +162,29 @@ def test_rpm_spacing_is_counted_as_a_wait(ledger, store, start_sim) -> None:
     assert "429/402 pause" not in result.stats.waited_s
 
 
+def test_workers_with_no_job_left_count_the_run_tail_as_a_wait(ledger, store,
+                                                               start_sim) -> None:
+    """Four workers, one job answered after 0.4 s: the three that find nothing to start wait
+    for it, about 1.2 worker-seconds in all, and the summary names that wait."""
+    store.plan_jobs(make_jobs(1))
+    sim = start_sim(latency_ms=400)
+    launch = run(ledger, RunConfig(**FAST, concurrency=4), base_url=sim.base_url, quiet=True)
+    waited = launch.result.stats.waited_s
+    assert launch.result.reason == "done" and launch.result.stats.accepted == 1
+    assert 0.9 <= waited["no job left to start"] < 3.0
+    assert "workers waited: no job left to start" in launch.summary
+    assert set(waited) == {"no job left to start"}
+
+
+def test_a_lone_worker_has_no_run_tail_to_wait_for(ledger, store, start_sim) -> None:
+    """The last worker to run out of jobs ends the run: nothing is left for it to wait on."""
+    store.plan_jobs(make_jobs(2))
+    sim = start_sim(latency_ms=100)
+    result = go(ledger, sim, concurrency=1)
+    assert result.reason == "done" and result.stats.accepted == 2
+    assert "no job left to start" not in result.stats.waited_s
+
+
 def test_after_tries_per_model_the_next_model_is_tried(ledger, store, start_sim) -> None:
     store.plan_jobs(make_jobs(1))
     sim = start_sim()
