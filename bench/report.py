@@ -172,7 +172,7 @@ def _efficiency(res: dict[str, Any]) -> str:
 _WAIT_NAMES = {"429/402 pause": "429 pause", "rpm spacing": "rpm",
                "backoff, nothing else to send": "backoff",
                "budget held by requests in flight": "budget",
-               "no job left to start": "no job left"}
+               "no job left to start": "no job left", "intent commit": "intent commit"}
 
 
 def _waits(shares: dict[str, float]) -> str:

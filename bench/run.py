@@ -88,7 +88,9 @@ def grid_text(grid: efficiency.Grid) -> str:
             "as a share of all worker time: the 429/402 pause every worker honours, --rpm "
             "spacing, a backoff with nothing else left to send, budget held by requests in "
             "flight, no job left to start while the other workers finish theirs (the run's "
-            "tail); the rest of the idle time is the loop's own work and queueing.")
+            "tail), the commit of each attempt's intent before its request leaves (the "
+            "ledger's write latency, its queueing behind other commits included); the rest of "
+            "the idle time is the loop's own work and queueing for the CPU.")
 
 
 def save(res: dict[str, Any], started: float, partial: bool) -> None:

@@ -39,9 +39,11 @@ _HALT_EXIT = {"done": EXIT_DONE, "credit": EXIT_CREDIT, "budget": EXIT_BUDGET, "
 # Why a worker can wait without a request out: a 429 or in-flight 402 pausing every worker
 # for its Retry-After; the --rpm spacing; only jobs waiting out a backoff left to send; the
 # budget held by requests in flight; no job left to start while other workers finish theirs
-# (a run's tail: the last answers and retries decide when it ends).
+# (a run's tail: the last answers and retries decide when it ends); the commit of the attempt's
+# intent, which must be on disk before its request leaves (the ledger's own latency: a slow
+# disk shows here).
 WAIT_CAUSES = ("429/402 pause", "rpm spacing", "backoff, nothing else to send",
-               "budget held by requests in flight", "no job left to start")
+               "budget held by requests in flight", "no job left to start", "intent commit")
 # When two stops race, the one that matters more to the user wins.
 _HALT_RANK = {"key": 4, "credit": 3, "budget": 2, "interrupted": 1}
 
@@ -375,9 +377,11 @@ class Runner:
         flight. The budget is reached when even the cheapest model of the chain no longer fits:
         then the run stops, so a rerun with the same budget sends nothing. None means halt."""
         while True:
+            asked = time.monotonic()
             start = self.store.begin_attempt(
                 job.job_id, self.run_id, model, position, PROMPT_VERSION, self.config.max_tokens,
                 reserve, self.config.budget_usd, time.time(), self.config.lease_s)
+            self._waited(WAIT_CAUSES[5], time.monotonic() - asked, at_least=0.0)
             if start.refused != "budget":
                 return start
             with self._flight:
@@ -492,8 +496,10 @@ class Runner:
                            f"{detail}; top up, then run `python cli.py run` again to resume",
                            outcome.limit_source)
 
-    def _waited(self, cause: str, seconds: float) -> None:
-        if seconds > 0.0005:  # a wait that did not happen is a clock read apart
+    def _waited(self, cause: str, seconds: float, at_least: float = 0.0005) -> None:
+        # By default a wait that did not happen (a clock read apart) is not counted; a commit
+        # always happens, so its every millisecond counts.
+        if seconds > at_least:
             with self._stats_lock:
                 self.stats.waited_s[cause] += seconds
 

@@ -173,7 +173,7 @@ def test_workers_with_no_job_left_count_the_run_tail_as_a_wait(ledger, store,
     assert launch.result.reason == "done" and launch.result.stats.accepted == 1
     assert 0.9 <= waited["no job left to start"] < 3.0
     assert "workers waited: no job left to start" in launch.summary
-    assert set(waited) == {"no job left to start"}
+    assert set(waited) == {"no job left to start", "intent commit"}
 
 
 def test_a_lone_worker_has_no_run_tail_to_wait_for(ledger, store, start_sim) -> None:
@@ -183,6 +183,20 @@ def test_a_lone_worker_has_no_run_tail_to_wait_for(ledger, store, start_sim) -> 
     result = go(ledger, sim, concurrency=1)
     assert result.reason == "done" and result.stats.accepted == 2
     assert "no job left to start" not in result.stats.waited_s
+
+
+def test_each_intent_commit_is_counted_as_a_wait(ledger, store, start_sim) -> None:
+    """One worker, three jobs at 200 ms: three intents committed before their requests; the
+    time they took is counted, and it is the ledger's, not the API's (far below 3 x 200 ms)."""
+    store.plan_jobs(make_jobs(3))
+    sim = start_sim(latency_ms=200)
+    started = time.monotonic()
+    launch = run(ledger, RunConfig(**FAST, concurrency=1), base_url=sim.base_url, quiet=True)
+    wall = time.monotonic() - started
+    committed = launch.result.stats.waited_s["intent commit"]
+    assert launch.result.stats.attempts == 3
+    assert 0.0 < committed < min(0.3, wall - 0.6)
+    assert "workers waited: intent commit" in launch.summary
 
 
 def test_after_tries_per_model_the_next_model_is_tried(ledger, store, start_sim) -> None:
