@@ -47,7 +47,7 @@ class GroupCommit:
     def __init__(self, commit: Callable[[list[Pending]], None], lock: threading.Lock,
                  gap_s: float = 0.0) -> None:
         """`commit` runs one group under `lock` (held by the writer while it takes and runs
-        a group); `gap_s` is a pause after each commit of more than one write."""
+        a group); `gap_s` is a pause after a commit when more writes are already queued."""
         self._commit = commit
         self._lock = lock
         self._gap_s = gap_s
@@ -128,8 +128,13 @@ class GroupCommit:
                 self._unfinished -= len(batch)
                 if not self._unfinished:
                     self._drained.notify_all()
-            if self._gap_s and len(batch) > 1:
-                # Our writes pile into the next group meanwhile.
+                more = bool(self.pending)
+            if self._gap_s and more:
+                # Only a writer with more to write would take the lock straight back; the pause
+                # lets another process in, and our writes pile into the next group meanwhile.
+                # An idle writer leaves the lock free anyway, so the next write it gets is
+                # committed at once: at c=16, 50 ms this gave 0.89-0.92 of the ideal against
+                # 0.87-0.91 with a pause after every commit of several writes, interleaved.
                 time.sleep(self._gap_s)
 
     def _take_batch(self) -> list[Pending]:

@@ -43,6 +43,16 @@ def make_jobs(n: int, l1: str = "spanish", pattern: str = "negation_error") -> l
             for i in range(n)]
 
 
+def planned_ledger(path: Path, n: int) -> Path:
+    """A ledger file at path with n jobs planned (make_jobs), closed again."""
+    ledger = open_ledger(str(path))
+    store = Store(ledger)
+    store.plan_jobs(make_jobs(n))
+    store.close()
+    ledger.dispose()
+    return path
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
             timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """`python cli.py ARGS` in a real subprocess, as a user would run it."""

@@ -15,9 +15,8 @@ from typing import Any
 
 import pytest
 
-from conftest import ROOT, make_jobs, run_cli
+from conftest import ROOT, planned_ledger, run_cli
 from ledger.db import open_ledger
-from ledger.store import Store
 from ledger.simulator import SimConfig, Simulator
 from scripted_server import Reply, ScriptedServer
 
@@ -43,15 +42,6 @@ def one_line_error(result: subprocess.CompletedProcess[str], code: int = 2) -> s
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     return lines[0]
-
-
-def planned_ledger(path: Path, n: int) -> Path:
-    ledger = open_ledger(str(path))
-    store = Store(ledger)
-    store.plan_jobs(make_jobs(n))
-    store.close()
-    ledger.dispose()
-    return path
 
 
 def env_for(db: Path, base_url: str) -> dict[str, str]:

@@ -18,11 +18,10 @@ from typing import Any
 
 import pytest
 
-from conftest import ROOT, make_jobs, run_cli
+from conftest import ROOT, planned_ledger, run_cli
 from ledger import queries
 from ledger.db import open_ledger
 from ledger.simulator import SimConfig, Simulator
-from ledger.store import Store
 
 KEY = "sk-or-v1-crash-test-key-77aa"
 CONCURRENCY = 4
@@ -96,13 +95,7 @@ def status(ledger_path: Path) -> dict[str, Any]:
 
 @pytest.fixture
 def planned(tmp_path: Path) -> Path:
-    path = tmp_path / "ledger.db"
-    ledger = open_ledger(str(path))
-    store = Store(ledger)
-    store.plan_jobs(make_jobs(60))
-    store.close()
-    ledger.dispose()
-    return path
+    return planned_ledger(tmp_path / "ledger.db", 60)
 
 
 def max_attempt_seq(ledger_path: Path) -> int:
