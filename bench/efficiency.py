@@ -113,12 +113,12 @@ def run_cell(template: Path, workdir: Path, concurrency: int, latency_ms: float,
         "sim_cpu_s": sim_cpu, "sim_cpu_share": sim_cpu / fig.wall_s,
         "sim_max_in_flight": stats["max_in_flight"], "sim_requests": stats["requests"],
         "sim_by_status": stats["by_status"],
-        # Worker time not spent waiting on a response: ledger writes, filtering, queueing for
-        # the store lock or the GIL, the shared 429 cooldown, and backoffs when no other job
-        # was left to send.
+        # Worker time not spent waiting on a response: intent commits, the run's tail, the
+        # shared 429 cooldown, backoffs when no other job was left to send, and the loop's own
+        # work (filtering, outcome records, queueing for the GIL).
         "idle_worker_share": max(0.0, 1 - fig.busy_s / (concurrency * fig.wall_s)),
-        # The part of that idle time the run loop itself accounts for, by cause (the rest is
-        # the loop's own work and queueing).
+        # The part of that idle time the run loop itself accounts for, by cause
+        # (ledger.runner.WAIT_CAUSES; the rest is the loop's own work and queueing for the CPU).
         "waited_share": {cause: seconds / (concurrency * fig.wall_s)
                          for cause, seconds in s.waited_s.items()},
         "errors": {k: v for k, v in fig.by_error.items() if k != "ok"},

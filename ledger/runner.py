@@ -243,25 +243,30 @@ class Runner:
                            (time.monotonic() + delay_s, next(self._backoff_order), walk))
 
     def _worker(self) -> None:
+        out_of_work = None
         try:
-            self._work()
+            out_of_work = self._work()
         finally:
+            # A worker that found no job left ends at that moment: the last one to do so
+            # waited for nobody.
+            ended = time.monotonic() if out_of_work is None else out_of_work
             with self._stats_lock:
-                self._last_exit = max(self._last_exit, time.monotonic())
+                if out_of_work is not None:
+                    self._out_of_work.append(out_of_work)
+                self._last_exit = max(self._last_exit, ended)
 
-    def _work(self) -> None:
+    def _work(self) -> float | None:
+        """Work jobs until none is left or a halt; returns when it found none left (monotonic
+        time), None when it stopped for a halt."""
         while not self.halt.event.is_set():
             try:
                 walk = self._next_walk()
                 if walk is None:
-                    if not self.halt.event.is_set():
-                        with self._stats_lock:
-                            self._out_of_work.append(time.monotonic())
-                    return
+                    return None if self.halt.event.is_set() else time.monotonic()
                 step = self._walk(walk)
             except BaseException as exc:  # a worker must not die silently
                 self._crashed(exc)
-                return
+                return None
             if step is True:
                 with self._queue_lock:
                     self._held.discard(walk.job.job_id)
@@ -269,6 +274,7 @@ class Runner:
                 # The job waits out its backoff aside; this worker takes another meanwhile.
                 self._back_off(walk, step)
             # An unfinished job stays held; _finish releases it for the next run.
+        return None
 
     # --- one job ----------------------------------------------------------------------------
 
@@ -381,7 +387,10 @@ class Runner:
             start = self.store.begin_attempt(
                 job.job_id, self.run_id, model, position, PROMPT_VERSION, self.config.max_tokens,
                 reserve, self.config.budget_usd, time.time(), self.config.lease_s)
-            self._waited(WAIT_CAUSES[5], time.monotonic() - asked, at_least=0.0)
+            if start.refused is None:
+                self._waited(WAIT_CAUSES[5], time.monotonic() - asked, at_least=0.0)
+            elif start.refused == "budget":  # a refusal is no intent: the budget held it up
+                self._waited(WAIT_CAUSES[3], time.monotonic() - asked)
             if start.refused != "budget":
                 return start
             with self._flight:

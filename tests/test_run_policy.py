@@ -187,15 +187,13 @@ def test_a_lone_worker_has_no_run_tail_to_wait_for(ledger, store, start_sim) -> 
 
 def test_each_intent_commit_is_counted_as_a_wait(ledger, store, start_sim) -> None:
     """One worker, three jobs at 200 ms: three intents committed before their requests; the
-    time they took is counted, and it is the ledger's, not the API's (far below 3 x 200 ms)."""
+    time they took is counted, and it is the ledger's, not the API's (far below one answer)."""
     store.plan_jobs(make_jobs(3))
     sim = start_sim(latency_ms=200)
-    started = time.monotonic()
     launch = run(ledger, RunConfig(**FAST, concurrency=1), base_url=sim.base_url, quiet=True)
-    wall = time.monotonic() - started
     committed = launch.result.stats.waited_s["intent commit"]
     assert launch.result.stats.attempts == 3
-    assert 0.0 < committed < min(0.3, wall - 0.6)
+    assert 0.0 < committed < 0.2
     assert "workers waited: intent commit" in launch.summary
 
 
