@@ -301,13 +301,20 @@ def _peers(p: dict[str, Any]) -> str:
     rows = []
     for r in p["rows"]:
         if "error" in r:
-            rows.append([r["peer"], "-", "-", "-", "-", "-", "-", "-", r["error"]])
+            rows.append([r["peer"], "-", "-", "-", "-", "-", "-", "-", "-", r["error"]])
             continue
+        each = r.get("runs_jobs_per_s") or [r["jobs_per_s"]]
         rows.append([r["peer"], f"{r['done']}/{r['jobs']}", _f(r["wall_s"], 2),
-                     _f(r["jobs_per_s"], 1), _f(r["cpu_s_per_1000"], 2),
+                     _f(r["jobs_per_s"], 1), " / ".join(f"{x:.0f}" for x in each),
+                     _f(r["cpu_s_per_1000"], 2),
                      r["sim_max_in_flight"], _f(r.get("ours_over_peer_jobs_per_s"), 2),
                      _f(r.get("ours_over_peer_cpu"), 2), "ok"])
+    repeats = p.get("repeats", 1)
+    note = (f"\n\nOurs and each peer ran {repeats} times, taking turns; each row is its median "
+            "run by jobs/s (jobs/s of every run beside it, in the order they ran)."
+            if repeats > 1 else "")
     return (f"## (e) Peers ({p['jobs']} jobs, concurrency {p['concurrency']}, "
             f"{p['latency_ms']:g} ms fixed latency)\n\n"
-            + _table(rows, ["loop", "done/jobs", "wall s", "jobs/s", "CPU s / 1,000 jobs",
-                            "max in flight", "ours/peer jobs/s", "ours/peer CPU", "result"]))
+            + _table(rows, ["loop", "done/jobs", "wall s", "jobs/s", "jobs/s of each run",
+                            "CPU s / 1,000 jobs", "max in flight", "ours/peer jobs/s",
+                            "ours/peer CPU", "result"]) + note)
