@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import text
 
@@ -107,3 +108,12 @@ def measured_run(ledger: Ledger, config: RunConfig, base_url: str, *,
     return RunFigures(wall_s=wall, client_cpu_s=cpu, reason=result.reason, stats=result.stats,
                       run_id=result.run_id, busy_s=busy, events=head_seq(ledger) - seq0,
                       by_error=by_error)
+
+
+def median_run(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The median of repeated runs by `key`, with every run's figure beside it (in the order
+    they ran) under runs_<key>: the machine's speed drifts within minutes, so loops compared
+    side by side run in turns and each is shown by its median."""
+    median = dict(sorted(runs, key=lambda r: r[key])[len(runs) // 2])
+    median[f"runs_{key}"] = [r[key] for r in runs]
+    return median

@@ -17,7 +17,7 @@ from sqlalchemy import event
 from ledger.db import Ledger, open_ledger
 from ledger.runconfig import RunConfig
 
-from bench.harness import TxCounter, measured_run
+from bench.harness import TxCounter, measured_run, median_run
 from bench.jsonl_loop import load_jobs, run_jsonl
 from bench.simproc import start_simulator
 from bench.workload import planned_ledger
@@ -91,13 +91,8 @@ def run_overhead(n_jobs: int, concurrency: int, log: Any = print,
             runs["ledger"].append(ledger_row(template, workdir, n_jobs, concurrency))
             runs["jsonl"].append(jsonl_row(template, workdir, n_jobs, concurrency))
         what_if = ledger_row(template, workdir, n_jobs, concurrency, synchronous="NORMAL")
-    rows = []
-    for kind in ("ledger", "jsonl"):
-        ordered = sorted(runs[kind], key=lambda r: r["cpu_ms_per_job"])
-        median = dict(ordered[len(ordered) // 2])
-        median["runs_cpu_ms_per_job"] = [r["cpu_ms_per_job"] for r in runs[kind]]
-        rows.append(median)
-    rows.append({**what_if, "runs_cpu_ms_per_job": [what_if["cpu_ms_per_job"]]})
+    rows = [median_run(each, "cpu_ms_per_job") for each in (runs["ledger"], runs["jsonl"],
+                                                             [what_if])]
     for r in rows:
         each = ", ".join(f"{x:.2f}" for x in r["runs_cpu_ms_per_job"])
         log(f"  {r['loop']}: {r['jobs_per_s']:.0f} jobs/s, {r['cpu_ms_per_job']:.2f} ms CPU/job"

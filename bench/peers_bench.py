@@ -16,7 +16,7 @@ from typing import Any
 from ledger.db import open_ledger
 from ledger.runconfig import DEFAULT_MODELS, RunConfig
 
-from bench.harness import measured_run
+from bench.harness import measured_run, median_run
 from bench.jsonl_loop import _messages, load_jobs
 from bench.simproc import BENCH_KEY, ROOT, start_simulator
 from bench.workload import planned_ledger
@@ -142,8 +142,8 @@ def run_peers(n_jobs: int, concurrency: int, latency_ms: float,
                 else:
                     runs.setdefault(name, []).append(row)
     ours_runs = next(iter(runs.values()))  # ours ran first
-    rows = [_median_run(ours_runs)] + [
-        _median_run(runs[name]) if name in runs else failed[name]
+    rows = [median_run(ours_runs, "jobs_per_s")] + [
+        median_run(runs[name], "jobs_per_s") if name in runs else failed[name]
         for name in PEERS if name in runs or name in failed]
     ours = rows[0]
     for row in rows[1:]:
@@ -152,10 +152,3 @@ def run_peers(n_jobs: int, concurrency: int, latency_ms: float,
             row["ours_over_peer_cpu"] = ours["cpu_s_per_1000"] / row["cpu_s_per_1000"]
     return {"jobs": n_jobs, "concurrency": concurrency, "latency_ms": latency_ms, "rows": rows,
             "repeats": repeats, "python": sys.version.split()[0]}
-
-
-def _median_run(each: list[dict[str, Any]]) -> dict[str, Any]:
-    """The median run by jobs/s, with every run's jobs/s beside it (in the order they ran)."""
-    median = dict(sorted(each, key=lambda r: r["jobs_per_s"])[len(each) // 2])
-    median["runs_jobs_per_s"] = [r["jobs_per_s"] for r in each]
-    return median

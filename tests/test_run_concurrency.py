@@ -60,6 +60,13 @@ def finish_runs(procs: list[subprocess.Popen[str]], timeout: float = 240) -> lis
     return [out for out, _err in outputs]
 
 
+def accepted_by_run(ledger_path: Path) -> dict[str, int]:
+    """Accepted jobs per run id (a run that accepted none is absent)."""
+    return dict(query(ledger_path, "SELECT a.run_id, COUNT(*) FROM acceptances acc "
+                                   "JOIN attempts a ON a.attempt_id = acc.attempt_id "
+                                   "GROUP BY a.run_id"))
+
+
 def query(ledger_path: Path, sql: str) -> list[tuple[Any, ...]]:
     conn = sqlite3.connect(f"file:{ledger_path}?mode=ro", uri=True, timeout=30)
     try:
@@ -95,11 +102,9 @@ def test_parallel_runs_on_one_ledger_never_work_the_same_job(tmp_path: Path, sim
     assert query(ledger_path, "SELECT COUNT(*) FROM runs") == [(n_runs,)]
     # At least two really worked side by side (the test would prove nothing if each started
     # after the last ended). A run that starts late may legitimately find every job taken.
-    per_run = query(ledger_path, "SELECT run_id, COUNT(*) FROM acceptances acc "
-                                 "JOIN attempts a ON a.attempt_id = acc.attempt_id "
-                                 "GROUP BY run_id")
-    assert sum(n for _, n in per_run) == jobs
-    assert len([n for _, n in per_run if n > 0]) >= 2
+    per_run = accepted_by_run(ledger_path)
+    assert sum(per_run.values()) == jobs
+    assert len([n for n in per_run.values() if n > 0]) >= 2
 
 
 def test_two_saturated_runs_on_one_ledger_both_get_the_write_lock(tmp_path: Path) -> None:
@@ -114,9 +119,7 @@ def test_two_saturated_runs_on_one_ledger_both_get_the_write_lock(tmp_path: Path
         finish_runs([start_run(server, ledger_path, concurrency=64) for _ in range(2)])
     finally:
         server.stop()
-    per_run = dict(query(ledger_path, "SELECT a.run_id, COUNT(*) FROM acceptances acc "
-                                      "JOIN attempts a ON a.attempt_id = acc.attempt_id "
-                                      "GROUP BY a.run_id"))
+    per_run = accepted_by_run(ledger_path)
     assert sum(per_run.values()) == 3000
     # Each did a fair share. Measured: 1,464-1,472 for the smaller share with the pause; with
     # no pause, 64-1,280 (and once the second run got none at all).
