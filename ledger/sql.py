@@ -22,6 +22,7 @@ _STORE_SQL = {
     "open_jobs_after": "INSERT INTO job_state (job_id, seq, l1, pattern, level, state, attempts, "
                        "last_attempt_no, spend_usd) SELECT job_id, seq, l1, pattern, level, "
                        "'open', 0, 0, 0.0 FROM jobs WHERE seq > ? ORDER BY {state_order}",
+    "any_job": "SELECT 1 FROM jobs LIMIT 1",
     "select_claimable": "SELECT job_id FROM job_state WHERE state = 'open' AND "
                         "(lease_expires_at IS NULL OR lease_expires_at < ?) ORDER BY seq LIMIT ?"
                         "{skip_locked}",

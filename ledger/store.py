@@ -93,24 +93,35 @@ class Store:
             yield tx
 
     @contextmanager
-    def _transaction_locked(self, events: bool = True) -> Iterator[Tx]:
-        """The transaction itself; the caller holds self._lock."""
+    def _transaction_locked(self, events: bool = True,
+                            references_checked: bool = True) -> Iterator[Tx]:
+        """The transaction itself; the caller holds self._lock. `references_checked=False`
+        turns SQLite's foreign-key checks off for this transaction only: for writes whose every
+        reference is to rows the same transaction copies them from (a plan's job_state rows)."""
         if self._conn is None:
             self._conn = write_connection(self.ledger.engine)
         conn = self._conn
+        # PRAGMA foreign_keys is a no-op inside a transaction, so it is set around it.
+        trusted = not references_checked and self.ledger.dialect == "sqlite"
         try:
-            with conn.begin():
-                if events or not self.sql.row_locks:
-                    tx = Tx(conn, self.sql, 0, "", 0, 0.0)
-                    tx.head_seq, tx.head_hash, tx.next_id, tx.spend_usd = \
-                        tx.run("lock_totals").one()
-                else:
-                    tx = Tx(conn, self.sql, 0, "", 0, 0.0, chained=False)
-                yield tx
-                if tx.dirty:
-                    tx.run("update_totals", (
-                        tx.head_seq, tx.head_hash, tx.next_id, tx.spend_usd))
-                self._maybe_crash("before")
+            if trusted:
+                _set_references(conn, False)
+            try:
+                with conn.begin():
+                    if events or not self.sql.row_locks:
+                        tx = Tx(conn, self.sql, 0, "", 0, 0.0)
+                        tx.head_seq, tx.head_hash, tx.next_id, tx.spend_usd = \
+                            tx.run("lock_totals").one()
+                    else:
+                        tx = Tx(conn, self.sql, 0, "", 0, 0.0, chained=False)
+                    yield tx
+                    if tx.dirty:
+                        tx.run("update_totals", (
+                            tx.head_seq, tx.head_hash, tx.next_id, tx.spend_usd))
+                    self._maybe_crash("before")
+            finally:
+                if trusted:
+                    _set_references(conn, True)
             self._maybe_crash("after")
         except BaseException:
             # A connection whose transaction died mid-way is not reused.
@@ -176,7 +187,10 @@ class Store:
         """Append planned jobs that are not in the ledger yet; returns how many were added."""
         if not new_jobs:
             return 0
-        with self.transaction() as tx:
+        # job_state rows are copied from the jobs rows in the same statement, so none can
+        # dangle; checking each one's reference is a random lookup in the jobs key index, 3.3
+        # of the 18.7 s of SQL in a plan of 1,000,000 jobs (measured on SQLite).
+        with self._lock, self._transaction_locked(references_checked=False) as tx:
             return len(append_new_jobs(tx, new_jobs, utc_now()))
 
     # --- runs -----------------------------------------------------------------------------
@@ -319,6 +333,16 @@ class Store:
             tx.dirty = True
 
 
+def _set_references(conn: Connection, on: bool) -> None:
+    """SQLite's foreign-key checks on or off for the connection's next transactions. A
+    connection that fails to turn them back on is dropped from the pool, never reused."""
+    try:
+        conn.connection.driver_connection.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+    except BaseException:
+        conn.invalidate()
+        raise
+
+
 def _finish_op(attempt_id: int, job_id: str, run_id: str | None, outcome: OutcomeRecord,
                verdict: VerdictRecord | None, accept: bool,
                fail_reasons: Sequence[str] | None) -> Callable[[Tx], bool]:
@@ -356,7 +380,9 @@ def _existing_job_ids(tx: Tx, ids: Sequence[str]) -> set[str]:
 def append_new_jobs(tx: Tx, jobs: Sequence[PlannedJob], now: str) -> list[PlannedJob]:
     """Append the jobs not in the ledger yet, in the order given, and open each one's state;
     returns those jobs."""
-    existing = _existing_job_ids(tx, [j.job_id for j in jobs])
+    # A first plan into an empty ledger skips the look-up of a million ids (0.5 s).
+    existing = _existing_job_ids(tx, [j.job_id for j in jobs]) \
+        if tx.run("any_job").scalar() else set()
     fresh = [j for j in jobs if j.job_id not in existing] if existing else list(jobs)
     if not fresh:
         return []

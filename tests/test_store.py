@@ -101,6 +101,34 @@ def test_failed_transaction_leaves_nothing_behind(store, ledger):
     assert store.plan_jobs(make_jobs(3)) == 1
 
 
+def _dangling_state_row_is_refused(store) -> bool:  # type: ignore[no-untyped-def]
+    """True when the store's write connection rejects a job_state row for no job."""
+    try:
+        with store.transaction() as tx:
+            tx.execute("INSERT INTO job_state (job_id, seq, l1, pattern, level, state, attempts, "
+                       "last_attempt_no, spend_usd) VALUES ('no-such-job', -1, 'x', 'x', 'A1', "
+                       "'open', 0, 0, 0.0)")
+    except IntegrityError:
+        return True
+    return False
+
+
+def test_a_plan_turns_reference_checks_off_for_its_own_transaction_only(store, ledger):
+    # A plan skips the per-row check of job_state -> jobs (its rows are copied from jobs);
+    # the connection must check every later transaction again, also after a failed plan.
+    assert _dangling_state_row_is_refused(store)
+    store.plan_jobs(make_jobs(4))
+    assert _dangling_state_row_is_refused(store)
+    broken = make_jobs(5)[4]._replace(l1=None)  # NOT NULL: the plan's transaction fails
+    with pytest.raises(IntegrityError):
+        store.plan_jobs([broken])
+    assert _dangling_state_row_is_refused(store)
+    assert store.plan_jobs(make_jobs(6)) == 2
+    with ledger.engine.connect() as conn:
+        assert conn.exec_driver_sql(
+            "SELECT COUNT(*) FROM job_state s JOIN jobs j ON j.job_id = s.job_id").scalar() == 6
+
+
 def test_plan_jobs_is_idempotent(store, ledger):
     assert store.plan_jobs(make_jobs(5)) == 5
     assert store.plan_jobs(make_jobs(5)) == 0
