@@ -18,4 +18,10 @@ def gc_paused() -> Iterator[None]:
         yield
     finally:
         if was_enabled:
+            # Objects made while the collector was off all sit in its youngest generation, so
+            # its next pass would walk every one of them (0.48 s after a 1M-job plan). Freezing
+            # and unfreezing moves them to the oldest generation without a pass; a full
+            # collection still looks at them.
+            gc.freeze()
+            gc.unfreeze()
             gc.enable()
