@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -47,7 +48,9 @@ def fold(raw: str) -> dict[str, Any]:
     return {"samples": total, "stages": share, "top_functions": top}
 
 
-def profile_run(n_jobs: int, concurrency: int = 16, seconds: int = 10) -> dict[str, Any]:
+def profile_run(n_jobs: int, concurrency: int = 16, seconds: int = 120) -> dict[str, Any]:
+    """`seconds` caps py-spy's recording; it is stopped (SIGINT, so it writes its samples) as
+    soon as the run ends, so idle time after the run adds no empty samples."""
     if not PY_SPY.exists():
         ensure_venv()
         r = subprocess.run([str(PEERS_VENV / "bin" / "python"), "-m", "pip", "install", "-q",
@@ -70,6 +73,7 @@ def profile_run(n_jobs: int, concurrency: int = 16, seconds: int = 10) -> dict[s
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                 threading.Event().wait(1.0)  # py-spy attaches before the run starts
                 fig = measured_run(ledger, RunConfig(concurrency=concurrency), sim.base_url)
+                spy.send_signal(signal.SIGINT)
                 spy.wait(seconds + 30)
         finally:
             ledger.dispose()

@@ -37,7 +37,7 @@ OUT = ROOT / "bench" / "out"
 SECTIONS = ("a", "b", "profile", "c", "d", "plan", "e")
 SIZES = {
     False: {"grid": efficiency.FULL, "overhead_jobs": 3000, "overhead_c": 16,
-            "profile_jobs": 3000, "big": (1_000_000, 900_000), "plan": 1_000_000,
+            "profile_jobs": 12000, "big": (1_000_000, 900_000), "plan": 1_000_000,
             "peers": (2560, 256, 200.0)},
     True: {"grid": efficiency.QUICK, "overhead_jobs": 600, "overhead_c": 16,
            "profile_jobs": 800, "big": (50_000, 45_000), "plan": 50_000,
