@@ -333,6 +333,10 @@ def _search(words: Sequence[str], target: Sequence[str], foil: Sequence[str],
     target_set = set(target)
     discriminate = bool(foil) and list(foil) != list(target)
     required = _distinctive_words(target, foil) if discriminate else frozenset()
+    if not required.issubset(words):
+        # No stretch can hold the words that tell target from foil, so none would count: the
+        # usual case of a turn that quotes the other sentence of the pair.
+        return 0.0
     slack = max(2, len(target) // 2)
     widen = _widen(target, foil)
     to_target = SequenceMatcher(None, autojunk=False)
@@ -341,20 +345,26 @@ def _search(words: Sequence[str], target: Sequence[str], foil: Sequence[str],
     to_foil.set_seq2(list(foil))
     foil_memo: dict[tuple[int, int], float] = {}  # windows overlap across start positions
     best = 0.0
+    n_target = len(target)
     for start, word in enumerate(words):
         # An unmatched word at either end only lowers the ratio, so stretches that matter
         # start and end on target words.
         if word not in target_set:
             continue
-        for length in range(1, len(target) + slack + 1):
+        for length in range(1, n_target + slack + 1):
             end = start + length
             if end > len(words):
                 break
             if words[end - 1] not in target_set:
                 continue
-            to_target.set_seq1(list(words[start:end]))
             bar = max(best, floor - 1e-9)
-            if to_target.real_quick_ratio() <= bar or to_target.quick_ratio() <= bar:
+            # real_quick_ratio's bound, from the length alone, before the stretch is built: a
+            # stretch matches at most min(length, n_target) words. With a floor it leaves
+            # only lengths near the target's.
+            if 2.0 * min(length, n_target) / (length + n_target) <= bar:
+                continue
+            to_target.set_seq1(list(words[start:end]))
+            if to_target.quick_ratio() <= bar:
                 continue
             score = to_target.ratio()
             if score <= bar or not required.issubset(words[start:end]):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from difflib import SequenceMatcher
 import random
 
 import pytest
@@ -450,6 +451,47 @@ def test_containment_shortcuts_agree_with_the_full_search(words, target, foil, f
         assert fast == full
     else:
         assert (fast >= floor) == (full >= floor)
+
+
+def _every_stretch(words, target, foil):  # type: ignore[no-untyped-def]
+    """containment's definition with no pruning: the best ratio to target over every stretch
+    that starts and ends on a target word, holds the words that tell target from foil, and
+    is closer to target than any widened stretch is to the foil."""
+    discriminate = bool(foil) and list(foil) != list(target)
+    required = filters._distinctive_words(target, foil) if discriminate else frozenset()
+    widen = max(1, len(foil) - len(target))
+    longest = len(target) + max(2, len(target) // 2)
+    best = 0.0
+    for start in range(len(words)):
+        for end in range(start + 1, min(len(words), start + longest) + 1):
+            stretch = words[start:end]
+            if stretch[0] not in target or stretch[-1] not in target:
+                continue
+            if not required.issubset(stretch):
+                continue
+            score = SequenceMatcher(None, stretch, list(target), autojunk=False).ratio()
+            if discriminate and max(
+                    SequenceMatcher(None, words[max(0, start - b):min(len(words), end + a)],
+                                    list(foil), autojunk=False).ratio()
+                    for b in range(widen + 1) for a in range(widen + 1)) >= score:
+                continue
+            best = max(best, score)
+    return best
+
+
+@settings(max_examples=400, deadline=None)
+@given(words=st.lists(_VOCAB, max_size=14), target=st.lists(_VOCAB, min_size=1, max_size=5),
+       foil=st.lists(_VOCAB, max_size=6),
+       floor=st.sampled_from([0.0, 0.75, 0.9]))
+def test_the_full_search_agrees_with_every_stretch(words, target, foil, floor):
+    """The search's own pruning (length bound, quick ratio, missing distinctive words) only
+    skips stretches that could not count."""
+    found = filters._search(words, target, foil, floor)
+    expected = _every_stretch(words, target, foil)
+    if floor == 0.0:
+        assert found == expected
+    else:
+        assert (found >= floor) == (expected >= floor)
 
 
 _PHRASE_TEXT = st.lists(st.sampled_from(
