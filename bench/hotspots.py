@@ -18,7 +18,7 @@ from ledger.runconfig import RunConfig
 
 from bench.harness import measured_run
 from bench.peers_bench import PEERS_VENV, ensure_venv
-from bench.simproc import start_simulator
+from bench.simproc import start_simulator, stop_process
 from bench.workload import planned_ledger
 
 PY_SPY = PEERS_VENV / "bin" / "py-spy"
@@ -71,10 +71,14 @@ def profile_run(n_jobs: int, concurrency: int = 16, seconds: int = 120) -> dict[
                     [str(PY_SPY), "record", "-p", str(os.getpid()), "-d", str(seconds), "-r",
                      "200", "--gil", "--nonblocking", "-f", "raw", "-o", str(out)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-                threading.Event().wait(1.0)  # py-spy attaches before the run starts
-                fig = measured_run(ledger, RunConfig(concurrency=concurrency), sim.base_url)
-                spy.send_signal(signal.SIGINT)
-                spy.wait(seconds + 30)
+                try:
+                    threading.Event().wait(1.0)  # py-spy attaches before the run starts
+                    fig = measured_run(ledger, RunConfig(concurrency=concurrency),
+                                       sim.base_url)
+                finally:
+                    # SIGINT makes py-spy write what it sampled; stopped at once, it samples
+                    # neither idle time nor the sections after this one.
+                    stop_process(spy, signal.SIGINT, 30)
         finally:
             ledger.dispose()
         if not out.exists():

@@ -23,7 +23,7 @@ from ledger.filters import FILTER_VERSION
 from ledger.prompts import PROMPT_VERSION
 from ledger.store import Store
 
-from bench.simproc import ALL_CORES, BENCH_KEY, ROOT, start_simulator
+from bench.simproc import ALL_CORES, BENCH_KEY, ROOT, start_simulator, stop_process
 from bench.workload import generated_catalog_dict
 
 CLI = str(ROOT / "cli.py")
@@ -111,11 +111,8 @@ def first_request_s(db: Path, concurrency: int = 64, repeats: int = 3) -> list[f
                     break
                 time.sleep(0.002)
             if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+                stop_process(proc, signal.SIGINT, 60)
+            else:
                 proc.wait()
             if seen is None:
                 err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""

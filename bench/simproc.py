@@ -51,6 +51,17 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
+def stop_process(proc: subprocess.Popen[bytes], sig: int, timeout_s: float) -> None:
+    """Ask a child to stop with `sig` (SIGINT lets a CLI or py-spy finish its output); one
+    still running after `timeout_s` is killed."""
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @dataclass
 class SimProcess:
     proc: subprocess.Popen[bytes]
@@ -66,12 +77,7 @@ class SimProcess:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc, signal.SIGTERM, 10)
 
     def __enter__(self) -> SimProcess:
         return self

@@ -20,8 +20,10 @@ def gc_paused() -> Iterator[None]:
         if was_enabled:
             # Objects made while the collector was off all sit in its youngest generation, so
             # its next pass would walk every one of them (0.48 s after a 1M-job plan). Freezing
-            # and unfreezing moves them to the oldest generation without a pass; a full
-            # collection still looks at them.
-            gc.freeze()
-            gc.unfreeze()
+            # and unfreezing moves them to the oldest generation (on CPython 3.11's build, by
+            # splicing lists, not walking them); a full collection still looks at them. Not
+            # when the host froze objects itself: unfreezing would let go of those too.
+            if gc.get_freeze_count() == 0:
+                gc.freeze()
+                gc.unfreeze()
             gc.enable()

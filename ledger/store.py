@@ -105,6 +105,7 @@ class Store:
         trusted = not references_checked and self.ledger.dialect == "sqlite"
         try:
             if trusted:
+                # Should it not take, the checks stay on: slower, never wrong.
                 _set_references(conn, False)
             try:
                 with conn.begin():
@@ -120,13 +121,17 @@ class Store:
                             tx.head_seq, tx.head_hash, tx.next_id, tx.spend_usd))
                     self._maybe_crash("before")
             finally:
-                if trusted:
-                    _set_references(conn, True)
+                if trusted and not _set_references(conn, True):
+                    self._conn = None
             self._maybe_crash("after")
         except BaseException:
-            # A connection whose transaction died mid-way is not reused.
+            # A connection whose transaction died mid-way is not used again by this store.
             self._conn = None
             try:
+                if trusted:
+                    # Nor by anyone: SQLite ignores PRAGMA foreign_keys inside a transaction, so
+                    # one that did not end cleanly (a failed COMMIT) may still have checks off.
+                    conn.invalidate()
                 conn.close()
             except Exception:  # noqa: BLE001 - already failing; keep the first error
                 pass
@@ -187,7 +192,7 @@ class Store:
         """Append planned jobs that are not in the ledger yet; returns how many were added."""
         if not new_jobs:
             return 0
-        # job_state rows are copied from the jobs rows in the same statement, so none can
+        # job_state rows are copied from the jobs rows in the same transaction, so none can
         # dangle; checking each one's reference is a random lookup in the jobs key index, 3.3
         # of the 18.7 s of SQL in a plan of 1,000,000 jobs (measured on SQLite).
         with self._lock, self._transaction_locked(references_checked=False) as tx:
@@ -333,14 +338,21 @@ class Store:
             tx.dirty = True
 
 
-def _set_references(conn: Connection, on: bool) -> None:
-    """SQLite's foreign-key checks on or off for the connection's next transactions. A
-    connection that fails to turn them back on is dropped from the pool, never reused."""
+def _set_references(conn: Connection, on: bool) -> bool:
+    """SQLite's foreign-key checks on or off for the connection's next transactions; read back,
+    because inside a transaction SQLite ignores the setting without an error. False when it
+    did not take: the connection is then invalidated (closed and dropped from the pool), so no
+    later transaction runs on it."""
+    want = 1 if on else 0
     try:
-        conn.connection.driver_connection.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
-    except BaseException:
-        conn.invalidate()
-        raise
+        raw = conn.connection.driver_connection
+        raw.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+        if raw.execute("PRAGMA foreign_keys").fetchone()[0] == want:
+            return True
+    except Exception:  # noqa: BLE001 - a broken connection: dropped below all the same
+        pass
+    conn.invalidate()
+    return False
 
 
 def _finish_op(attempt_id: int, job_id: str, run_id: str | None, outcome: OutcomeRecord,

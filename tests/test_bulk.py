@@ -41,3 +41,14 @@ def test_cycles_made_while_paused_are_still_collected():
     del a, b  # a cycle: reference counting alone cannot free it
     gc.collect()
     assert ref() is None
+
+
+def test_objects_the_host_froze_stay_frozen():
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with gc_paused():
+            [[i] for i in range(1_000)]
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()

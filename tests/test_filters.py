@@ -479,13 +479,35 @@ def _every_stretch(words, target, foil):  # type: ignore[no-untyped-def]
     return best
 
 
-@settings(max_examples=400, deadline=None)
-@given(words=st.lists(_VOCAB, max_size=14), target=st.lists(_VOCAB, min_size=1, max_size=5),
-       foil=st.lists(_VOCAB, max_size=6),
-       floor=st.sampled_from([0.0, 0.75, 0.9]))
-def test_the_full_search_agrees_with_every_stretch(words, target, foil, floor):
+@st.composite
+def _near_copies(draw):  # type: ignore[no-untyped-def]
+    """(words, target, foil): words hold the target with a few words inserted, dropped or
+    replaced, amid other words; the stretches that score near a floor are what pruning risks."""
+    target = draw(st.lists(_VOCAB, min_size=1, max_size=6))
+    copy = list(target)
+    for _ in range(draw(st.integers(0, 2))):
+        at = draw(st.integers(0, len(copy)))
+        edit = draw(st.sampled_from(["insert", "drop", "replace"]))
+        if edit == "insert" or not copy:
+            copy.insert(at, draw(_VOCAB))
+        elif edit == "drop":
+            del copy[min(at, len(copy) - 1)]
+        else:
+            copy[min(at, len(copy) - 1)] = draw(_VOCAB)
+    words = draw(st.lists(_VOCAB, max_size=4)) + copy + draw(st.lists(_VOCAB, max_size=4))
+    return words, target, draw(st.lists(_VOCAB, max_size=7))
+
+
+@settings(max_examples=600, deadline=None)
+@given(case=st.one_of(
+           st.tuples(st.lists(_VOCAB, max_size=14), st.lists(_VOCAB, min_size=1, max_size=5),
+                     st.lists(_VOCAB, max_size=6)),
+           _near_copies()),
+       floor=st.sampled_from([0.0, 0.75, 0.8, 0.9]))
+def test_the_full_search_agrees_with_every_stretch(case, floor):
     """The search's own pruning (length bound, quick ratio, missing distinctive words) only
     skips stretches that could not count."""
+    words, target, foil = case
     found = filters._search(words, target, foil, floor)
     expected = _every_stretch(words, target, foil)
     if floor == 0.0:

@@ -10,6 +10,8 @@ from sqlalchemy.exc import IntegrityError
 
 from conftest import make_jobs
 from ledger import queries, schema
+from ledger import store as store_module
+from ledger.db import write_connection
 from ledger.records import OutcomeRecord, VerdictRecord
 
 EVENT_TABLE_NAMES = [t.name for t in schema.EVENT_TABLES]
@@ -127,6 +129,24 @@ def test_a_plan_turns_reference_checks_off_for_its_own_transaction_only(store, l
     with ledger.engine.connect() as conn:
         assert conn.exec_driver_sql(
             "SELECT COUNT(*) FROM job_state s JOIN jobs j ON j.job_id = s.job_id").scalar() == 6
+
+
+def test_a_connection_whose_checks_cannot_be_turned_back_on_is_dropped(ledger):
+    # Inside a transaction SQLite ignores PRAGMA foreign_keys without an error (as after a
+    # failed COMMIT): the store must notice and never hand that connection out again.
+    conn = write_connection(ledger.engine)
+    raw = conn.connection.driver_connection
+    raw.execute("PRAGMA foreign_keys=OFF")
+    raw.execute("BEGIN")
+    assert not store_module._set_references(conn, True)
+    assert conn.invalidated
+    conn.close()
+    with ledger.engine.connect() as fresh:
+        assert fresh.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    ok = write_connection(ledger.engine)
+    assert store_module._set_references(ok, False) and store_module._set_references(ok, True)
+    assert not ok.invalidated
+    ok.close()
 
 
 def test_plan_jobs_is_idempotent(store, ledger):
