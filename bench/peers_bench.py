@@ -123,13 +123,14 @@ def run_peers(n_jobs: int, concurrency: int, latency_ms: float,
                 "api_key": BENCH_KEY, "concurrency": concurrency, "models": list(DEFAULT_MODELS),
                 "max_tokens": 200, "out": str(workdir / f"out-{script}.jsonl"), "jobs": jobs}))
             specs[name] = (script, spec_path)
+        ours_runs: list[dict[str, Any]] = []
         runs: dict[str, list[dict[str, Any]]] = {}
         failed: dict[str, dict[str, Any]] = {
             name: {"peer": name, "error": "install failed: " + err}
             for name, err in install_errors.items() if name in PEERS}
         for _ in range(repeats):
             row = _ours(template, workdir, concurrency, latency_ms)
-            runs.setdefault(row["peer"], []).append(row)
+            ours_runs.append(row)
             log(f"  ours: {row['jobs_per_s']:.1f} jobs/s")
             for name, (script, spec_path) in specs.items():
                 if name in failed:
@@ -141,7 +142,6 @@ def run_peers(n_jobs: int, concurrency: int, latency_ms: float,
                     failed[name] = row  # a peer that cannot run here is not retried
                 else:
                     runs.setdefault(name, []).append(row)
-    ours_runs = next(iter(runs.values()))  # ours ran first
     rows = [median_run(ours_runs, "jobs_per_s")] + [
         median_run(runs[name], "jobs_per_s") if name in runs else failed[name]
         for name in PEERS if name in runs or name in failed]

@@ -112,8 +112,6 @@ def first_request_s(db: Path, concurrency: int = 64, repeats: int = 3) -> list[f
                 time.sleep(0.002)
             if proc.poll() is None:
                 stop_process(proc, signal.SIGINT, 60)
-            else:
-                proc.wait()
             if seen is None:
                 err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
                 raise RuntimeError(f"`cli.py run` made no request (exit {proc.returncode}): "

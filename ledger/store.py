@@ -11,7 +11,7 @@ import json
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import Connection
@@ -83,46 +83,40 @@ class Store:
         self._group.flush()
 
     @contextmanager
-    def transaction(self, *, events: bool = True) -> Iterator[Tx]:
+    def transaction(self, *, events: bool = True,
+                    references_checked: bool = True) -> Iterator[Tx]:
         """One write transaction. `events=False` promises no event appends (claims): on
         PostgreSQL it then skips the ledger_totals row lock that orders the hash chain, so claims
         do not queue behind event writers of other processes; the job rows they take are locked
         with FOR UPDATE SKIP LOCKED instead. SQLite's BEGIN IMMEDIATE serialises every writer
-        anyway, so there the two kinds are the same."""
-        with self._lock, self._transaction_locked(events) as tx:
+        anyway, so there the two kinds are the same. `references_checked=False` turns SQLite's
+        foreign-key checks off for this transaction only: for writes whose every reference is
+        to rows the same transaction copies them from (a plan's job_state rows)."""
+        with self._lock, self._transaction_locked(events, references_checked) as tx:
             yield tx
 
     @contextmanager
     def _transaction_locked(self, events: bool = True,
                             references_checked: bool = True) -> Iterator[Tx]:
-        """The transaction itself; the caller holds self._lock. `references_checked=False`
-        turns SQLite's foreign-key checks off for this transaction only: for writes whose every
-        reference is to rows the same transaction copies them from (a plan's job_state rows)."""
+        """The transaction itself; the caller holds self._lock."""
         if self._conn is None:
             self._conn = write_connection(self.ledger.engine)
         conn = self._conn
-        # PRAGMA foreign_keys is a no-op inside a transaction, so it is set around it.
         trusted = not references_checked and self.ledger.dialect == "sqlite"
         try:
-            if trusted:
-                # Should it not take, the checks stay on: slower, never wrong.
-                _set_references(conn, False)
-            try:
-                with conn.begin():
-                    if events or not self.sql.row_locks:
-                        tx = Tx(conn, self.sql, 0, "", 0, 0.0)
-                        tx.head_seq, tx.head_hash, tx.next_id, tx.spend_usd = \
-                            tx.run("lock_totals").one()
-                    else:
-                        tx = Tx(conn, self.sql, 0, "", 0, 0.0, chained=False)
-                    yield tx
-                    if tx.dirty:
-                        tx.run("update_totals", (
-                            tx.head_seq, tx.head_hash, tx.next_id, tx.spend_usd))
-                    self._maybe_crash("before")
-            finally:
-                if trusted and not _set_references(conn, True):
-                    self._conn = None
+            with (self._references_unchecked(conn) if trusted else nullcontext()), \
+                    conn.begin():
+                if events or not self.sql.row_locks:
+                    tx = Tx(conn, self.sql, 0, "", 0, 0.0)
+                    tx.head_seq, tx.head_hash, tx.next_id, tx.spend_usd = \
+                        tx.run("lock_totals").one()
+                else:
+                    tx = Tx(conn, self.sql, 0, "", 0, 0.0, chained=False)
+                yield tx
+                if tx.dirty:
+                    tx.run("update_totals", (
+                        tx.head_seq, tx.head_hash, tx.next_id, tx.spend_usd))
+                self._maybe_crash("before")
             self._maybe_crash("after")
         except BaseException:
             # A connection whose transaction died mid-way is not used again by this store.
@@ -136,6 +130,18 @@ class Store:
             except Exception:  # noqa: BLE001 - already failing; keep the first error
                 pass
             raise
+
+    @contextmanager
+    def _references_unchecked(self, conn: Connection) -> Iterator[None]:
+        """SQLite's foreign-key checks off around one transaction (PRAGMA foreign_keys is a
+        no-op inside one) and back on after it, also when it fails; a connection where they
+        do not come back on is dropped."""
+        _set_references(conn, False)  # should it not take, the checks stay on: slower only
+        try:
+            yield
+        finally:
+            if not _set_references(conn, True):
+                self._conn = None
 
     # --- group commit (ledger/group_commit.py queues; this runs one group) -----------------
 
@@ -195,7 +201,7 @@ class Store:
         # job_state rows are copied from the jobs rows in the same transaction, so none can
         # dangle; checking each one's reference is a random lookup in the jobs key index, 3.3
         # of the 18.7 s of SQL in a plan of 1,000,000 jobs (measured on SQLite).
-        with self._lock, self._transaction_locked(references_checked=False) as tx:
+        with self.transaction(references_checked=False) as tx:
             return len(append_new_jobs(tx, new_jobs, utc_now()))
 
     # --- runs -----------------------------------------------------------------------------

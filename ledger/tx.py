@@ -35,11 +35,12 @@ _FLOAT_COLUMNS = {
 }
 
 
-def canonical_values(table: str, values: Sequence[Any]) -> list[Any]:
-    """Values as stored: REAL columns are floats, so the hash is the same after a round-trip."""
+def canonical_values(table: str, values: Sequence[Any]) -> Sequence[Any]:
+    """Values as stored: REAL columns are floats, so the hash is the same after a round-trip.
+    A table without REAL columns (jobs: a big plan's rows) gets its values back as given."""
     floats = _FLOAT_COLUMNS[table]
     if not floats:
-        return list(values)
+        return values
     return [float(v) if i in floats and v is not None else v for i, v in enumerate(values)]
 
 
@@ -153,11 +154,10 @@ class Tx:
             return []
         self._require_chain()
         name = table.name
-        floats = _FLOAT_COLUMNS[name]  # none in jobs: a big plan's rows go in as they are
         seq, prev = self.head_seq, self.head_hash
         out, seqs = [], []
         for values in rows:
-            vals = canonical_values(name, values) if floats else values
+            vals = canonical_values(name, values)
             seq += 1
             prev = chain_hash(prev, name, seq, vals)
             out.append((*vals, seq, prev))
