@@ -185,7 +185,11 @@ def _sqlite_statement(filters: ExportFilters, select: str = _ACCEPTED_COLUMNS,
         clauses.append(" OR ".join(f"{c} IN ({marks})" for c in columns))
         params.extend(list(values) * len(columns))
     if rows is not None:
-        clauses.append("acc.seq <= ?")
+        # Unary + keeps SQLite off the acceptances' seq index for this bound: with it, the
+        # planner reads acceptances in seq order and sorts every built line by job order in a
+        # temporary B-tree (a 900,000-row export: 1.7 s of its 8.8 s on one core); without it,
+        # the jobs' seq index gives the file's order as it reads.
+        clauses.append("+acc.seq <= ?")
         params.append(rows.head_seq)
         if rows.after_job_seq is not None:
             clauses.append("j.seq > ?")

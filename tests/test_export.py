@@ -435,3 +435,26 @@ def test_no_helper_is_started_where_it_cannot_keep_its_file(small_db: Path,
 
     assert Helper.start(small_db, "messages", ExportFilters(), RowRange(1, 0),
                         tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize("fmt", ["messages", "sharegpt", "chatml"])
+def test_the_export_query_reads_rows_in_file_order_without_sorting_them(small_db: Path,
+                                                                        fmt: str) -> None:
+    """Whole or cut in two, filtered or not, the rows come in job order off the jobs' seq
+    index: a sort would first hold every built line of the export in a temporary B-tree."""
+    import sqlite3
+
+    from ledger.export import RowRange, _sqlite_line_select, _sqlite_statement
+
+    conn = sqlite3.connect(small_db)
+    try:
+        for filters in (ExportFilters(), ExportFilters(l1s=("es",)),
+                        ExportFilters(models=(MODEL,))):
+            for rows in (RowRange(10**9), RowRange(10**9, upto_job_seq=30),
+                         RowRange(10**9, after_job_seq=30)):
+                sql, values = _sqlite_statement(filters, _sqlite_line_select(fmt), rows)
+                plan = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, values)]
+                assert not any("TEMP B-TREE" in step for step in plan), (filters, rows, plan)
+                assert "USING INDEX" in plan[0] and plan[0].split()[1] == "j", plan
+    finally:
+        conn.close()
