@@ -14,8 +14,9 @@ Formats:
 from __future__ import annotations
 
 import json
+import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,31 +28,18 @@ from sqlalchemy.engine import make_url
 from . import __version__
 from .atomic import (AtomicWriter, BackgroundWriter, atomic_write, check_target,
                      write_bytes_atomic, written_behind)
-from .db import Ledger
+from .db import BUSY_TIMEOUT_MS, Ledger
 from .errors import UsageError
-from .export_lines import (Encoded, chatml_json, checked_messages, format_lines, json_string,
-                           messages_of, sharegpt_json)
+from .export_lines import Encoded, format_lines, json_string
+from .export_rows import (ACCEPTED_COLUMNS, ACCEPTED_SQL, BATCH_ROWS, ExportFilters, RowRange,
+                          Written, cursor_batches, filter_clauses, sqlite_statement, where_sql,
+                          write_all, write_sqlite_part)
 from .records import utc_now
 
 FORMATS: tuple[str, ...] = ("messages", "sharegpt", "chatml")
-_BATCH_ROWS = 5000
 # Below this many dialogues a second process is not worth its start (~0.3 s).
 SPLIT_MIN_ROWS = 100_000
 
-# Accepted dialogues from the base tables: the acceptance names the attempt and the verdict
-# whose messages are the dialogue.
-_ACCEPTED_COLUMNS = """j.job_id, acc.attempt_id, j.l1, j.pattern, j.level,
-       COALESCE(o.model_served, a.model_requested), a.prompt_version, v.filter_version,
-       j.source, v.messages_json"""
-_ACCEPTED_SQL = """
-SELECT {select}
-FROM jobs j
-JOIN acceptances acc ON acc.job_id = j.job_id
-JOIN attempts a ON a.attempt_id = acc.attempt_id
-JOIN verdicts v ON v.verdict_id = acc.verdict_id
-JOIN attempt_outcomes o ON o.attempt_id = acc.attempt_id
-{where}
-ORDER BY j.seq"""
 _POSITION_SQL = text("SELECT head_seq, head_hash FROM ledger_totals WHERE id = 1")
 # Where to cut a big export in two: the median plan position of a sample of the accepted jobs
 # (every n-th acceptance by seq, read from its seq index). Filters are left out: the cut only
@@ -61,71 +49,9 @@ _CUT_SAMPLE_SQL = """SELECT j.seq FROM acceptances acc CROSS JOIN jobs j ON j.jo
 WHERE acc.seq <= ? AND acc.seq % ? = 0"""
 _CUT_SAMPLES = 2048
 
-# On SQLite the metadata part of each line is spelled out by the query itself (json_quote),
-# so a row reaches Python as a few strings instead of ten values: building Python objects for
-# the columns, not the join, was most of an export's time. Keys in sorted order, as above.
-_LINE_FIELDS = (("attempt_id", "acc.attempt_id"), ("error_type", "json_quote(j.pattern)"),
-                ("filter_version", "json_quote(v.filter_version)"),
-                ("job_id", "json_quote(j.job_id)"), ("l1", "json_quote(j.l1)"),
-                ("level", "json_quote(j.level)"),
-                ("model", "json_quote(COALESCE(o.model_served, a.model_requested))"),
-                ("prompt_version", "json_quote(a.prompt_version)"),
-                ("source", "json_quote(j.source)"))
-_BODY_KEYS = {"messages": "messages", "sharegpt": "conversations", "chatml": "text"}
 # Strings whose JSON escaping must come out of json_quote exactly as out of Python's encoder
 # (checked on the connection before the query is trusted with a line).
 _QUOTE_PROBE = 'a"\\/\x00\x01\x08\t\n\x0b\x0c\r\x1f\x7f\x80\u00e9\u2028\u2029\ufeff\U0001f600z'
-
-
-def _line_parts_sql(fmt: str) -> tuple[str, str]:
-    """SQL expressions for the line up to the dialogue's value, and after it."""
-    body = _BODY_KEYS[fmt]
-    keys = sorted([name for name, _ in _LINE_FIELDS] + [body])
-    fields = dict(_LINE_FIELDS)
-    cut = keys.index(body)
-    # Each field's text starts with its separator: "{" for the line's first key, "," after.
-    pieces = [f"'{'{' if i == 0 else ','}\"{key}\":'" + (f" || {fields[key]}" if key != body
-                                                          else "")
-              for i, key in enumerate(keys)]
-    return " || ".join(pieces[:cut + 1]), " || ".join(pieces[cut + 1:] + ["'}'"])
-
-
-@dataclass(frozen=True)
-class ExportFilters:
-    """Which accepted dialogues to export; None means all."""
-
-    l1s: tuple[str, ...] | None = None
-    patterns: tuple[str, ...] | None = None
-    levels: tuple[str, ...] | None = None
-    models: tuple[str, ...] | None = None
-
-    @classmethod
-    def from_names(cls, l1s: Sequence[str] | None = None, patterns: Sequence[str] | None = None,
-                   levels: Sequence[str] | None = None,
-                   models: Sequence[str] | None = None) -> ExportFilters:
-        """Ids are stored lowercase; model names are case-sensitive slugs and kept as given."""
-        def ids(values: Sequence[str] | None) -> tuple[str, ...] | None:
-            return tuple(sorted({v.strip().lower() for v in values})) if values else None
-
-        return cls(ids(l1s), ids(patterns), ids(levels),
-                   tuple(sorted({m.strip() for m in models})) if models else None)
-
-    def as_dict(self) -> dict[str, list[str] | None]:
-        return {"l1": _listed(self.l1s), "pattern": _listed(self.patterns),
-                "level": _listed(self.levels), "model": _listed(self.models)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Sequence[str] | None]) -> ExportFilters:
-        """The filters as_dict gave, back (as the manifest and the export helper carry them)."""
-        def kept(key: str) -> tuple[str, ...] | None:
-            values = d.get(key)
-            return tuple(values) if values else None
-
-        return cls(kept("l1"), kept("pattern"), kept("level"), kept("model"))
-
-
-def _listed(values: tuple[str, ...] | None) -> list[str] | None:
-    return list(values) if values else None
 
 
 @dataclass(frozen=True)
@@ -153,73 +79,15 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
-def _filter_clauses(filters: ExportFilters) -> list[tuple[str, str, tuple[str, ...]]]:
-    """(column or columns, bind name, values) of each filter given."""
-    chosen = [(column, name, values) for name, column, values in (
-        ("l1s", "j.l1", filters.l1s), ("patterns", "j.pattern", filters.patterns),
-        ("levels", "j.level", filters.levels)) if values]
-    if filters.models:
-        chosen.append(("o.model_served|a.model_requested", "models", filters.models))
-    return chosen
-
-
 def _accepted_statement(filters: ExportFilters) -> tuple[Any, dict[str, list[str]]]:
     clauses, params = [], {}
-    for column, name, values in _filter_clauses(filters):
+    for column, name, values in filter_clauses(filters):
         clauses.append(" OR ".join(f"{c} IN :{name}" for c in column.split("|")))
         params[name] = list(values)
-    stmt = text(_ACCEPTED_SQL.format(select=_ACCEPTED_COLUMNS, where=_where(clauses)))
+    stmt = text(ACCEPTED_SQL.format(select=ACCEPTED_COLUMNS, where=where_sql(clauses)))
     if params:
         stmt = stmt.bindparams(*(bindparam(name, expanding=True) for name in params))
     return stmt, params
-
-
-def _sqlite_statement(filters: ExportFilters, select: str = _ACCEPTED_COLUMNS,
-                      rows: RowRange | None = None) -> tuple[str, list[Any]]:
-    """The same query for the DBAPI cursor: qmark placeholders, one per value; `select` is
-    the column list; `rows` narrows it to a slice of one snapshot (see RowRange)."""
-    clauses, params = [], []
-    for column, _name, values in _filter_clauses(filters):
-        marks = ",".join("?" * len(values))
-        columns = column.split("|")
-        clauses.append(" OR ".join(f"{c} IN ({marks})" for c in columns))
-        params.extend(list(values) * len(columns))
-    if rows is not None:
-        # Unary + keeps SQLite off the acceptances' seq index for this bound: with it, the
-        # planner reads acceptances in seq order and sorts every built line by job order in a
-        # temporary B-tree (a 900,000-row export: 1.7 s of its 8.8 s on one core); without it,
-        # the jobs' seq index gives the file's order as it reads.
-        clauses.append("+acc.seq <= ?")
-        params.append(rows.head_seq)
-        if rows.after_job_seq is not None:
-            clauses.append("j.seq > ?")
-            params.append(rows.after_job_seq)
-        if rows.upto_job_seq is not None:
-            clauses.append("j.seq <= ?")
-            params.append(rows.upto_job_seq)
-    return _ACCEPTED_SQL.format(select=select, where=_where(clauses)), params
-
-
-def _sqlite_line_select(fmt: str) -> str:
-    """Columns: the line's start, the stored messages, the line's end, filter version, prompt
-    version, attempt id. For the messages format the stored messages JSON goes in verbatim, so
-    the whole line is built by the query (NULL when the stored messages are not a JSON array)."""
-    head, tail = _line_parts_sql(fmt)
-    if fmt == "messages":
-        line = f"{head} || CASE WHEN v.messages_json LIKE '[%' THEN v.messages_json END || {tail}"
-        return f"{line}, NULL, NULL, v.filter_version, a.prompt_version, acc.attempt_id"
-    # Reshaping the dialogue itself is faster in Python than with SQLite's json_each.
-    return (f"{head}, v.messages_json, {tail}, v.filter_version, a.prompt_version, "
-            "acc.attempt_id")
-
-
-def _where(clauses: list[str]) -> str:
-    return ("WHERE " + " AND ".join(f"({c})" for c in clauses)) if clauses else ""
-
-
-def _cursor_batches(cursor: Any) -> Iterator[list[tuple[Any, ...]]]:
-    while rows := cursor.fetchmany(_BATCH_ROWS):
-        yield rows
 
 
 @contextmanager
@@ -238,33 +106,18 @@ def accepted_rows(ledger: Ledger, filters: ExportFilters = ExportFilters()
             if ledger.dialect == "sqlite":
                 # Plain tuples from the driver's cursor, inside the transaction begun above:
                 # result rows cost more to build than the export spends on a line.
-                sql, values = _sqlite_statement(filters)
+                sql, values = sqlite_statement(filters)
                 cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
                 try:
                     cursor.execute(sql, values)
-                    yield position, _cursor_batches(cursor)
+                    yield position, cursor_batches(cursor)
                 finally:
                     cursor.close()
                 return
             stmt, params = _accepted_statement(filters)
             # stream_results: a server-side cursor on PostgreSQL.
             result = conn.execution_options(stream_results=True).execute(stmt, params)
-            yield position, result.partitions(_BATCH_ROWS)
-
-
-@dataclass(frozen=True)
-class Written:
-    """What a writer put in the file: lines, the versions they carry, processes that wrote."""
-
-    count: int
-    filter_versions: frozenset[str]
-    prompt_versions: frozenset[str]
-    processes: int = 1
-
-    def __add__(self, other: Written) -> Written:
-        return Written(self.count + other.count, self.filter_versions | other.filter_versions,
-                       self.prompt_versions | other.prompt_versions,
-                       self.processes + other.processes)
+            yield position, result.partitions(BATCH_ROWS)
 
 
 def _quote_matches(dbapi_conn: Any) -> bool:
@@ -276,42 +129,6 @@ def _quote_matches(dbapi_conn: Any) -> bool:
     return bool(row) and row[0] == json_string(_QUOTE_PROBE)
 
 
-@dataclass(frozen=True)
-class RowRange:
-    """A slice of the export as of one ledger position, readable from any connection: events
-    are append-only and seq grows with every commit, so the acceptances a snapshot at
-    `head_seq` sees are exactly those with seq <= head_seq, and everything they join to is
-    older still. Jobs are cut by plan order: (after_job_seq, upto_job_seq]."""
-
-    head_seq: int
-    after_job_seq: int | None = None
-    upto_job_seq: int | None = None
-
-
-def write_sqlite_part(dbapi_conn: Any, fmt: str, filters: ExportFilters, rows: RowRange,
-                      sink: Any) -> Written:
-    """The export lines of `rows`, built by the query, written to `sink` (anything with
-    write(bytes))."""
-    sql, values = _sqlite_statement(filters, _sqlite_line_select(fmt), rows)
-    cursor = dbapi_conn.cursor()
-    body = {"sharegpt": sharegpt_json, "chatml": chatml_json}.get(fmt)
-
-    def lines_of(batch: Sequence[Sequence[Any]]) -> list[str]:
-        if body is None:
-            lines = [r[0] for r in batch]
-            if None in lines:
-                _inconsistent(dbapi_conn, batch[lines.index(None)][5])
-            return lines
-        return [h + body(messages_of(m)) + t if m and m[0] == "[" else
-                _inconsistent(dbapi_conn, a) for h, m, t, _f, _p, a in batch]
-
-    try:
-        cursor.execute(sql, values)
-        return _write_all(_cursor_batches(cursor), lines_of, sink, 3, 4)
-    finally:
-        cursor.close()
-
-
 def _write_sqliteformat_lines(ledger: Ledger, fmt: str, filters: ExportFilters,
                         sink: AtomicWriter | BackgroundWriter, split_min_rows: int,
                         scratch: Path) -> tuple[LedgerPosition, Written] | None:
@@ -320,7 +137,7 @@ def _write_sqliteformat_lines(ledger: Ledger, fmt: str, filters: ExportFilters,
     two by plan order and the later half is written by a second process (export_split), its
     bytes held in an unnamed file in `scratch`; when no helper can be started, this process
     writes it all."""
-    from .export_split import Helper, helper_database
+    from .export_split import Helper
 
     with ledger.engine.connect() as conn, conn.begin():
         dbapi_conn = conn.connection.dbapi_connection
@@ -334,7 +151,7 @@ def _write_sqliteformat_lines(ledger: Ledger, fmt: str, filters: ExportFilters,
         helper = None
         if database is not None and split is not None:
             helper = Helper.start(database, fmt, filters, RowRange(position.head_seq, split),
-                                  scratch)
+                                  scratch, BUSY_TIMEOUT_MS)
             if helper is None:
                 split = None
         try:
@@ -348,6 +165,17 @@ def _write_sqliteformat_lines(ledger: Ledger, fmt: str, filters: ExportFilters,
     return position, written
 
 
+def helper_database(ledger: Ledger) -> Path | None:
+    """The ledger's file when a helper process can share the work: a SQLite file, and a
+    second core this process may use."""
+    if ledger.dialect != "sqlite" or len(os.sched_getaffinity(0)) < 2:
+        return None
+    name = make_url(ledger.url).database
+    if not name or name == ":memory:" or name.startswith("file:"):
+        return None
+    return Path(name).resolve()
+
+
 def split_point(dbapi_conn: Any, head_seq: int, min_rows: int) -> int | None:
     """The job seq that cuts the export as of `head_seq` into two halves of about equal size;
     None when it holds fewer than `min_rows` dialogues."""
@@ -359,36 +187,11 @@ def split_point(dbapi_conn: Any, head_seq: int, min_rows: int) -> int | None:
     return seqs[len(seqs) // 2] if seqs else None
 
 
-def _inconsistent(dbapi_conn: Any, attempt_id: int) -> str:
-    row = dbapi_conn.execute("SELECT job_id FROM acceptances WHERE attempt_id = ?",
-                             (attempt_id,)).fetchone()
-    return checked_messages(None, row[0] if row else None, attempt_id)
-
-
 def _write_batches(fmt: str, batches: Iterable[Sequence[Sequence[Any]]],
                    sink: AtomicWriter | BackgroundWriter) -> Written:
     """Rows as returned by accepted_rows, formatted in Python."""
     enc = Encoded()
-    return _write_all(batches, lambda rows: format_lines(fmt, rows, enc), sink, 7, 6)
-
-
-def _write_all(batches: Iterable[Sequence[Sequence[Any]]],
-               lines_of: Callable[[Sequence[Sequence[Any]]], list[str]],
-               sink: AtomicWriter | BackgroundWriter, filter_col: int,
-               prompt_col: int) -> Written:
-    """One encode and one write (and hash update) per batch, not per line; the versions seen
-    are read from the rows' `filter_col` and `prompt_col`."""
-    count = 0
-    filter_versions: set[str] = set()
-    prompt_versions: set[str] = set()
-    for rows in batches:
-        lines = lines_of(rows)
-        lines.append("")
-        sink.write("\n".join(lines).encode("utf-8"))
-        count += len(rows)
-        filter_versions.update([r[filter_col] for r in rows])
-        prompt_versions.update([r[prompt_col] for r in rows])
-    return Written(count, frozenset(filter_versions), frozenset(prompt_versions))
+    return write_all(batches, lambda rows: format_lines(fmt, rows, enc), sink, 7, 6)
 
 
 def manifest_path_for(path: Path) -> Path:

@@ -389,7 +389,7 @@ def test_a_row_range_reads_one_ledger_position_from_any_connection(small_db: Pat
     import shutil
     import sqlite3
 
-    from ledger.export import RowRange, write_sqlite_part
+    from ledger.export_rows import RowRange, write_sqlite_part
     from ledger.store import Store
 
     path = tmp_path / "copy.db"
@@ -430,11 +430,11 @@ def test_a_helper_reads_a_ledger_whose_path_needs_quoting(small_db: Path, tmp_pa
 def test_no_helper_is_started_where_it_cannot_keep_its_file(small_db: Path,
                                                             tmp_path: Path) -> None:
     """A helper needs a file for its half; without one the export runs in one process."""
-    from ledger.export import RowRange
+    from ledger.export_rows import RowRange
     from ledger.export_split import Helper
 
     assert Helper.start(small_db, "messages", ExportFilters(), RowRange(1, 0),
-                        tmp_path / "missing") is None
+                        tmp_path / "missing", 1000) is None
 
 
 @pytest.mark.parametrize("fmt", ["messages", "sharegpt", "chatml"])
@@ -444,7 +444,7 @@ def test_the_export_query_reads_rows_in_file_order_without_sorting_them(small_db
     index: a sort would first hold every built line of the export in a temporary B-tree."""
     import sqlite3
 
-    from ledger.export import RowRange, _sqlite_line_select, _sqlite_statement
+    from ledger.export_rows import RowRange, sqlite_line_select, sqlite_statement
 
     conn = sqlite3.connect(small_db)
     try:
@@ -452,9 +452,48 @@ def test_the_export_query_reads_rows_in_file_order_without_sorting_them(small_db
                         ExportFilters(models=(MODEL,))):
             for rows in (RowRange(10**9), RowRange(10**9, upto_job_seq=30),
                          RowRange(10**9, after_job_seq=30)):
-                sql, values = _sqlite_statement(filters, _sqlite_line_select(fmt), rows)
+                sql, values = sqlite_statement(filters, sqlite_line_select(fmt), rows)
                 plan = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, values)]
                 assert not any("TEMP B-TREE" in step for step in plan), (filters, rows, plan)
                 assert "USING INDEX" in plan[0] and plan[0].split()[1] == "j", plan
     finally:
         conn.close()
+
+
+def test_the_export_helper_starts_without_the_database_engine() -> None:
+    """The helper process imports only what reads and writes rows: SQLAlchemy's import alone
+    would delay its first row by about a quarter of a second."""
+    probe = ("import sys, ledger.export_split; "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+             "('sqlalchemy', 'alembic', 'requests')))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_helpers_half_is_copied_while_it_is_still_being_written(big_db: Path,
+                                                                     tmp_path: Path) -> None:
+    """finish() is called as soon as the helper is started, before it has written a byte, so it
+    polls the part file as it grows; it ends with exactly the bytes one process writes for that
+    range."""
+    import io
+    import sqlite3
+
+    from ledger.export_rows import RowRange, write_sqlite_part
+    from ledger.export_split import Helper
+
+    conn = sqlite3.connect(big_db)
+    head = conn.execute("SELECT head_seq FROM ledger_totals").fetchone()[0]
+    expected = io.BytesIO()
+    write_sqlite_part(conn, "chatml", ExportFilters(), RowRange(head, 2000), expected)
+    conn.close()
+    helper = Helper.start(big_db, "chatml", ExportFilters(), RowRange(head, 2000), tmp_path,
+                          1000)
+    assert helper is not None
+    got = io.BytesIO()
+    try:
+        written = helper.finish(got)
+    finally:
+        helper.stop()
+    assert written.count == 4000
+    assert got.getvalue() == expected.getvalue()
