@@ -129,7 +129,7 @@ def _quote_matches(dbapi_conn: Any) -> bool:
     return bool(row) and row[0] == json_string(_QUOTE_PROBE)
 
 
-def _write_sqliteformat_lines(ledger: Ledger, fmt: str, filters: ExportFilters,
+def _write_sqlite_lines(ledger: Ledger, fmt: str, filters: ExportFilters,
                         sink: AtomicWriter | BackgroundWriter, split_min_rows: int,
                         scratch: Path) -> tuple[LedgerPosition, Written] | None:
     """The export with lines built by the query; None (nothing written) when this SQLite's
@@ -220,7 +220,7 @@ def export_dialogues(ledger: Ledger, out: str | Path, fmt: str = "messages",
     check_target(path, force)
     started = time.perf_counter()
     with atomic_write(path, overwrite=force) as sink, written_behind(sink) as pipe:
-        done = (_write_sqliteformat_lines(ledger, fmt, filters, pipe, split_min_rows, path.parent)
+        done = (_write_sqlite_lines(ledger, fmt, filters, pipe, split_min_rows, path.parent)
                 if ledger.dialect == "sqlite" else None)
         if done is not None:
             position, written = done

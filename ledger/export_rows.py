@@ -32,7 +32,8 @@ ORDER BY j.seq"""
 
 # On SQLite the metadata part of each line is spelled out by the query itself (json_quote),
 # so a row reaches Python as a few strings instead of ten values: building Python objects for
-# the columns, not the join, was most of an export's time. Keys in sorted order, as above.
+# the columns, not the join, was most of an export's time. Keys in sorted order, as
+# json.dumps(sort_keys=True) writes them (export_lines gives the Python path's same bytes).
 _LINE_FIELDS = (("attempt_id", "acc.attempt_id"), ("error_type", "json_quote(j.pattern)"),
                 ("filter_version", "json_quote(v.filter_version)"),
                 ("job_id", "json_quote(j.job_id)"), ("l1", "json_quote(j.l1)"),
@@ -157,7 +158,7 @@ class Written:
 
 def sqlite_statement(filters: ExportFilters, select: str = ACCEPTED_COLUMNS,
                       rows: RowRange | None = None) -> tuple[str, list[Any]]:
-    """The same query for the DBAPI cursor: qmark placeholders, one per value; `select` is
+    """ACCEPTED_SQL for the DBAPI cursor: qmark placeholders, one per value; `select` is
     the column list; `rows` narrows it to a slice of one snapshot (see RowRange)."""
     clauses, params = [], []
     for column, _name, values in filter_clauses(filters):
@@ -210,9 +211,8 @@ def _inconsistent(dbapi_conn: Any, attempt_id: int) -> str:
 
 
 def write_all(batches: Iterable[Sequence[Sequence[Any]]],
-               lines_of: Callable[[Sequence[Sequence[Any]]], list[str]],
-               sink: Any, filter_col: int,
-               prompt_col: int) -> Written:
+              lines_of: Callable[[Sequence[Sequence[Any]]], list[str]], sink: Any,
+              filter_col: int, prompt_col: int) -> Written:
     """One encode and one write (and hash update) per batch, not per line; the versions seen
     are read from the rows' `filter_col` and `prompt_col`."""
     count = 0
