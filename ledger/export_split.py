@@ -18,7 +18,6 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -64,19 +63,25 @@ class Helper:
 
     def finish(self, sink: Any) -> Written:
         """Append what the helper writes to `sink` while it writes, and the rest once it has
-        exited; returns what its half holds. The file only grows, and every byte below its
-        size is whole (the kernel moves the size after the copy), so a read never sees a torn
-        write, and the copy overlaps the helper's last rows instead of following them."""
+        exited; returns what its half holds. The file only grows, and a read returns only
+        bytes already written (the kernel moves the file's size after the copy), so reading on
+        from where the last read ended gives the bytes in order, and the copy overlaps the
+        helper's last rows instead of following them."""
         fd, offset = self._part.fileno(), 0
         while True:
-            exited = self._proc.poll() is not None
+            try:
+                # Waiting through communicate also reads the helper's stdout and stderr: a
+                # helper blocked on a full pipe would never exit.
+                out, err = self._proc.communicate(timeout=_POLL_SECONDS)
+                exited = True
+            except subprocess.TimeoutExpired:
+                exited = False
+            # After the exit is seen, this read takes the last bytes it wrote.
             while chunk := os.pread(fd, _COPY_BYTES, offset):
                 sink.write(chunk)
                 offset += len(chunk)
             if exited:
                 break
-            time.sleep(_POLL_SECONDS)
-        out, err = self._proc.communicate()
         if self._proc.returncode != 0:
             lines = [x for x in err.decode("utf-8", "replace").splitlines() if x.strip()]
             raise LedgerError(lines[-1] if lines else

@@ -327,7 +327,9 @@ def test_a_two_process_export_writes_the_same_bytes_as_one(big_db: Path, tmp_pat
     ledger = open_ledger(str(big_db), readonly=True)
     try:
         for fmt in ("messages", "sharegpt", "chatml"):
-            for filters in (ExportFilters(), ExportFilters.from_names(l1s=["korean"])):
+            for filters in (ExportFilters(), ExportFilters.from_names(l1s=["korean"]),
+                            ExportFilters.from_names(l1s=["korean", "spanish"],
+                                                     models=[MODEL])):
                 one = export_dialogues(ledger, tmp_path / f"one-{fmt}.jsonl", fmt, filters,
                                        force=True, split_min_rows=10**9)
                 two = export_dialogues(ledger, tmp_path / f"two-{fmt}.jsonl", fmt, filters,
@@ -471,29 +473,56 @@ def test_the_export_helper_starts_without_the_database_engine() -> None:
     assert out.strip() == "[]"
 
 
-def test_the_helpers_half_is_copied_while_it_is_still_being_written(big_db: Path,
-                                                                     tmp_path: Path) -> None:
-    """finish() is called as soon as the helper is started, before it has written a byte, so it
-    polls the part file as it grows; it ends with exactly the bytes one process writes for that
-    range."""
-    import io
-    import sqlite3
+# A stand-in for the helper process: it writes its half in pieces with pauses, the last piece
+# right before it exits, and may flood its stderr first (a pipe holds 64 KiB).
+_FAKE_HELPER = """
+import json, os, sys, time
+fd, pieces, flood = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+for i in range(pieces):
+    os.write(fd, (b"%06d;" % i) * 1000)
+    time.sleep(0.02)
+if flood:
+    sys.stderr.write("x" * flood)
+    sys.stderr.flush()
+print(json.dumps({"count": pieces, "filter_versions": ["f"], "prompt_versions": ["p"]}),
+      flush=True)
+time.sleep(0.05)
+os.write(fd, b"last piece")
+os._exit(0)  # at once: the last piece lands in the file only just before the exit is seen
+"""
 
-    from ledger.export_rows import RowRange, write_sqlite_part
+
+@pytest.mark.parametrize("flood", [0, 200_000])
+def test_the_helpers_half_is_copied_in_order_while_it_grows_and_to_its_last_byte(
+        tmp_path: Path, flood: int) -> None:
+    """finish() copies the part file while the helper is still writing, reads on to the last
+    piece written just before the exit, and does not hang on a helper that fills its stderr
+    pipe."""
+    import tempfile
+    import threading
+
     from ledger.export_split import Helper
 
-    conn = sqlite3.connect(big_db)
-    head = conn.execute("SELECT head_seq FROM ledger_totals").fetchone()[0]
-    expected = io.BytesIO()
-    write_sqlite_part(conn, "chatml", ExportFilters(), RowRange(head, 2000), expected)
-    conn.close()
-    helper = Helper.start(big_db, "chatml", ExportFilters(), RowRange(head, 2000), tmp_path,
-                          1000)
-    assert helper is not None
-    got = io.BytesIO()
+    part = tempfile.TemporaryFile(dir=tmp_path)
+    proc = subprocess.Popen([sys.executable, "-c", _FAKE_HELPER, str(part.fileno()), "10",
+                             str(flood)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            pass_fds=(part.fileno(),))
+    helper = Helper(proc, part)
+    got: list[bytes] = []
+    result: list[Any] = []
+
+    class Sink:
+        def write(self, data: bytes) -> None:
+            got.append(data)
+
+    worker = threading.Thread(target=lambda: result.append(helper.finish(Sink())), daemon=True)
+    worker.start()
+    worker.join(30)
     try:
-        written = helper.finish(got)
+        assert not worker.is_alive(), "finish() did not return"
     finally:
         helper.stop()
-    assert written.count == 4000
-    assert got.getvalue() == expected.getvalue()
+    expected = b"".join((b"%06d;" % i) * 1000 for i in range(10)) + b"last piece"
+    assert b"".join(got) == expected
+    assert len(got) > 1  # read while it grew, not once at the end
+    assert result[0].count == 10
