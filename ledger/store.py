@@ -136,7 +136,9 @@ class Store:
         """SQLite's foreign-key checks off around one transaction (PRAGMA foreign_keys is a
         no-op inside one) and back on after it, also when it fails; a connection where they
         do not come back on is dropped."""
-        _set_references(conn, False)  # should it not take, the checks stay on: slower only
+        # Should this not take, the connection is invalidated, and the transaction runs on a
+        # fresh one, whose checks are on: slower only.
+        _set_references(conn, False)
         try:
             yield
         finally:
