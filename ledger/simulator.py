@@ -65,6 +65,10 @@ class _Engine:
         self._generations: dict[str, Generation] = {}
         self._billed_usd = 0.0
         self._requests = self._delivered = self._in_flight = self._max_in_flight = 0
+        # Request-seconds held open: the integral of requests in flight over time, so a client
+        # can be checked against the server's own view of how busy it kept it.
+        self._in_flight_s = 0.0
+        self._in_flight_since = time.monotonic()
         self._by_status: Counter[str] = Counter()
         self._by_model: dict[str, dict[str, float]] = {}
         self._models_reply = Reply(200, models_body(config.prices))
@@ -119,7 +123,7 @@ class _Engine:
         started = time.time()
         with self._lock:
             self._requests += 1
-            self._in_flight += 1
+            self._count_in_flight(+1)
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
         reply = RESET
         try:
@@ -127,8 +131,15 @@ class _Engine:
             return reply
         finally:
             with self._lock:
-                self._in_flight -= 1
+                self._count_in_flight(-1)
                 self._by_status["reset" if reply.reset else str(reply.status)] += 1
+
+    def _count_in_flight(self, change: int) -> None:
+        """Under the lock: close the interval at the old count, then apply the change."""
+        now = time.monotonic()
+        self._in_flight_s += self._in_flight * (now - self._in_flight_since)
+        self._in_flight_since = now
+        self._in_flight += change
 
     def _answer(self, authorization: str | None, body: bytes, started: float) -> Reply:
         if not self.authorized(authorization):
@@ -216,10 +227,12 @@ class _Engine:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
+            self._count_in_flight(0)
             return {
                 "requests": self._requests, "delivered": self._delivered,
                 "billed_usd": self._billed_usd, "in_flight": self._in_flight,
-                "max_in_flight": self._max_in_flight, "by_status": dict(self._by_status),
+                "max_in_flight": self._max_in_flight, "in_flight_s": self._in_flight_s,
+                "by_status": dict(self._by_status),
                 "by_model": {model: dict(counts) for model, counts in self._by_model.items()},
                 "script_pending": len(self._script),
             }

@@ -372,6 +372,28 @@ def test_64_concurrent_requests_overlap() -> None:
         assert stats["max_in_flight"] >= 48 and stats["in_flight"] == 0
 
 
+def test_in_flight_seconds_integrate_requests_over_time() -> None:
+    """stats()["in_flight_s"] is the request-seconds the server held open: 4 requests at once
+    plus 2 one after the other, 150 ms each, hold 6 x 0.15 s; idle time between adds nothing."""
+    with Simulator(SimConfig(latency_ms=150)) as sim:
+        assert sim.stats()["in_flight_s"] == 0.0
+        start = threading.Barrier(4)
+
+        def one(_: int) -> int:
+            start.wait()
+            return post(sim).status_code
+
+        with ThreadPoolExecutor(4) as pool:
+            assert list(pool.map(one, range(4))) == [200] * 4
+        after_burst = sim.stats()["in_flight_s"]
+        time.sleep(0.3)  # nothing in flight: the integral must not grow
+        assert sim.stats()["in_flight_s"] == after_burst
+        assert post(sim).status_code == 200 and post(sim).status_code == 200
+        total = sim.stats()["in_flight_s"]
+    assert 4 * 0.15 <= after_burst < 4 * 0.15 + 0.2
+    assert 6 * 0.15 <= total < 6 * 0.15 + 0.3
+
+
 def test_256_keep_alive_connections_each_waiting() -> None:
     with Simulator(SimConfig(latency_ms=500)) as sim:
         payload = json.dumps(chat_body()).encode()
