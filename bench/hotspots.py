@@ -22,7 +22,7 @@ from bench.simproc import start_simulator, stop_process
 from bench.workload import planned_ledger
 
 PY_SPY = PEERS_VENV / "bin" / "py-spy"
-# First match wins, searched from the outermost frame: a stage is what the worker was doing.
+# A sample goes to the first stage in this list whose function is anywhere on its stack.
 STAGES = (("filter (ledger/filters.py judge)", "judge ("),
           ("store transactions (ledger/store.py)", "Store."),
           ("HTTP client (ledger/client.py, transport.py)", "OpenRouterClient.chat"),

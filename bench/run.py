@@ -90,7 +90,12 @@ def grid_text(grid: efficiency.Grid) -> str:
             "flight, no job left to start while the other workers finish theirs (the run's "
             "tail), the commit of each attempt's intent before its request leaves (the "
             "ledger's write latency, its queueing behind other commits included); the rest of "
-            "the idle time is the loop's own work and queueing for the CPU.")
+            "the idle time is the loop's own work and queueing for the CPU. 'server busy' is "
+            "the simulator's own record of the same run: the request-seconds it held a request "
+            "of ours open (integrated over time, on its clock, from reading a request to handing "
+            "back its answer) / (concurrency x wall); 1 - idle workers is the client's view of "
+            "the same time, larger by the loopback wire and by answers that wait for the "
+            "client's CPU before a worker reads them.")
 
 
 def save(res: dict[str, Any], started: float, partial: bool) -> None:
@@ -122,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     res["mode"] = "quick" if args.quick else "full"
     if "a" in only:
         log("(a) efficiency grid")
-        res["efficiency"] = efficiency.run_grid(sizes["grid"], log)
+        res["efficiency"], res["efficiency_rpm"] = efficiency.run_grid(sizes["grid"], log)
         res["efficiency_grid"] = {**asdict(sizes["grid"]), "text": grid_text(sizes["grid"])}
         save(res, started, partial)
     if "b" in only:
