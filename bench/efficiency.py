@@ -46,6 +46,9 @@ class Grid:
     # Fault-free cells run with --rpm: (concurrency, latency ms, rpm), fixed latency. Each rpm
     # sits below what the workers alone could send, so the limit is what the cell measures.
     rpm_cells: tuple[tuple[int, float, float], ...] = ()
+    # Cells a target is judged on run this many times; the row is the median run by
+    # efficiency, every run's figure beside it (one run of a 5 s cell swings with the machine).
+    target_repeats: int = 1
 
     def cells(self) -> list[tuple[int, float, str, str]]:
         return [(c, lat, d, f) for f in self.faults for d in self.dists
@@ -54,7 +57,8 @@ class Grid:
 
 FULL = Grid((16, 64, 256), (50.0, 200.0, 1000.0), ("fixed", "lognormal"),
             tuple(FAULTS), seconds_per_cell=5.0, max_jobs=4000, time_cap_s=15.0,
-            rpm_cells=((64, 50.0, 30_000.0), (64, 200.0, 12_000.0), (16, 1000.0, 600.0)))
+            rpm_cells=((64, 50.0, 30_000.0), (64, 200.0, 12_000.0), (16, 1000.0, 600.0)),
+            target_repeats=3)
 QUICK = Grid((16, 64), (50.0, 200.0), ("fixed",), ("none", "429 5%"),
              seconds_per_cell=2.0, max_jobs=1000, time_cap_s=8.0,
              rpm_cells=((64, 50.0, 30_000.0),))
@@ -82,6 +86,12 @@ def best_possible_per_s(concurrency: int, latency_ms: float, dist: str, jobs: in
         heapq.heappush(free, start + latency)
         end = max(end, start + latency)
     return jobs / end if end else 0.0
+
+
+def is_target_cell(concurrency: int, latency_ms: float, fault: str) -> bool:
+    """The fault-free cells the issue sets a target for: c=64 at every latency, c=256 at 1 s."""
+    return fault == "none" and (concurrency == 64 or (concurrency == 256
+                                                      and latency_ms == 1000.0))
 
 
 def ideal_per_s(concurrency: int, latency_ms: float, dist: str,
@@ -162,7 +172,11 @@ def run_grid(grid: Grid, log: Any = print) -> tuple[list[dict[str, Any]], list[d
         out = []
         for i, (c, lat, d, f, rpm) in enumerate(every, 1):
             n = jobs_for(grid, c, lat, d, rpm)
-            row = run_cell(template, workdir, c, lat, d, f, n, grid.time_cap_s, rpm)
+            runs = grid.target_repeats if rpm is None and is_target_cell(c, lat, f) else 1
+            tries = [run_cell(template, workdir, c, lat, d, f, n, grid.time_cap_s, rpm)
+                     for _ in range(runs)]
+            row = sorted(tries, key=lambda r: r["efficiency"])[len(tries) // 2]
+            row["efficiency_runs"] = [r["efficiency"] for r in tries]
             log(f"  [{i}/{len(every)}] c={c} {lat:g}ms {d} faults={f}"
                 f"{f' rpm={rpm:g}' if rpm else ''}: "
                 f"{row['accepted_per_s']:.1f}/s of {row['ideal_per_s']:.0f} ideal "

@@ -72,8 +72,12 @@ def big_ledger(n_jobs: int, n_accepted: int) -> dict[str, Any]:
 
 
 def grid_text(grid: efficiency.Grid) -> str:
+    repeats = (f"The fault-free cells a target is judged on (c=64, and c=256 at 1 s) run "
+               f"{grid.target_repeats} times each, one after another; the row shown is the "
+               "median run by efficiency, and the Targets table lists every run's figure. "
+               if grid.target_repeats > 1 else "")
     return (f"Jobs per cell: max(5 x concurrency, ideal rate x {grid.seconds_per_cell:g} s), "
-            f"capped at {grid.max_jobs:,}; a cell still running after {grid.time_cap_s:g} s is "
+            f"capped at {grid.max_jobs:,}. {repeats}A cell still running after {grid.time_cap_s:g} s is "
             "stopped like Ctrl-C (stop = interrupted) and its rate is taken over the time it "
             "ran. Faults: 429 5% with Retry-After "
             f"{efficiency.RETRY_AFTER_S:g} s; 5xx 2% = 1% 500, 0.5% 502, 0.5% 503. Run "
