@@ -13,6 +13,7 @@ import fire
 from sqlalchemy.exc import DBAPIError
 
 from ledger import commands
+from ledger.cli_args import check_command_line, with_help_for_open_options
 from ledger.cli_data import merge_repeated_option
 from ledger.db import database_error_from
 from ledger.errors import LedgerError
@@ -21,7 +22,9 @@ from ledger.errors import LedgerError
 def main(argv: list[str] | None = None) -> int:
     # fire keeps only the last of a repeated flag; `mix --anchor A --anchor B` means both.
     argv = merge_repeated_option(sys.argv[1:] if argv is None else argv, "--anchor")
+    argv = with_help_for_open_options(argv, commands.Commands)
     try:
+        check_command_line(argv, commands.Commands)
         fire.Fire(commands.Commands, command=argv, name="cli.py")
     except LedgerError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -111,3 +111,51 @@ def test_every_command_has_help_text():
     for name in public:
         doc = getattr(Commands, name).__doc__
         assert doc and len(doc.strip()) > 20, f"{name} has no help text"
+
+
+def _planned(tmp_path: Path, n: int = 10) -> Path:
+    db = tmp_path / "l.db"
+    assert run_cli("plan", "--target", str(n), "--db", str(db)).returncode == 0
+    return db
+
+
+def _planned_count(db: Path) -> int:
+    return json.loads(run_cli("status", "--format", "json", "--db", str(db)).stdout)["planned"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["plan", "--targt", "100"], "plan has no option --targt"),
+    (["plan", "--target", "30", "--pattern", "negation_error"], "--patterns"),
+    (["plan", "--target=30", "-x", "1"], "plan has no option -x"),
+    (["plan", "30", "spanish", "negation_error", "beginner", "no", "extra"], "'extra'"),
+])
+def test_an_option_the_command_does_not_take_stops_it_before_it_runs(tmp_path, args, needle):
+    """fire would run `plan` with the options it knows (the default 1,000 jobs here, into an
+    append-only ledger) and complain after; the command line is checked first."""
+    db = _planned(tmp_path)
+    _one_line_error(run_cli(*args, "--db", str(db)), needle, f"python cli.py {args[0]} --help")
+    assert _planned_count(db) == 10
+
+
+def test_a_word_too_many_stops_a_command_before_it_runs(tmp_path):
+    db = tmp_path / "never.db"
+    _one_line_error(run_cli("rebuild", "now", "--db", str(db)), "rebuild takes no argument")
+    assert not db.exists()
+
+
+@pytest.mark.parametrize("args", [
+    ["--target", "12", "--dry-run"], ["--target=12", "--nodry-run"], ["-t", "12"],
+    ["12", "--l1=spanish,korean"], ["--target", "12", "--dry-run", "False"],
+])
+def test_every_spelling_fire_reads_still_works(tmp_path, args):
+    db = tmp_path / "l.db"
+    result = run_cli("--db", str(db), "plan", *args)
+    assert result.returncode == 0, result.stderr
+    dry = "--dry-run" in args and "False" not in args
+    assert _planned_count(db) == (0 if dry else 12)
+
+
+def test_help_of_a_command_taking_any_option():
+    result = run_cli("simulate", "--help", env={"PAGER": "cat"})
+    assert result.returncode == 0, result.stderr
+    assert "Serve the local OpenRouter-compatible simulator" in result.stdout + result.stderr

@@ -99,6 +99,18 @@ def test_run_to_the_end_exits_0_and_never_stores_the_key(ledger, store, ledger_p
     assert sim.stats()["requests"] >= 6
 
 
+def test_a_mistyped_budget_option_spends_nothing(ledger, store, ledger_path, start_sim) -> None:
+    """`--budget` is not `--budget-usd`: the run must not start without the budget meant."""
+    store.plan_jobs(make_jobs(4))
+    sim = start_sim(api_key=KEY)
+    done = cli_run(sim, ledger_path, "--budget", "0.0001")
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "run has no option --budget" in done.stderr and "--budget-usd" in done.stderr
+    assert sim.stats()["requests"] == 0
+    assert one(ledger, "SELECT COUNT(*) FROM attempts") == 0
+    assert one(ledger, "SELECT COUNT(*) FROM runs") == 0
+
+
 @pytest.mark.parametrize("args, with_key, says", [
     (("--concurrency", "0"), True, "--concurrency"),
     ((), False, "OPENROUTER_API_KEY"),
