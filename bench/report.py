@@ -325,9 +325,9 @@ def _scale(sc: dict[str, Any]) -> str:
                    + (f"{pm['status_s']:.2f} s." if pm["status_s"] is not None else "not run."))
     if sc.get("cli_baseline"):
         cb = sc["cli_baseline"]
-        out.append(f"Fixed cost of any command (`status` on an empty ledger: interpreter, "
-                   f"imports, open + migrate check): {cb['first_s']:.2f} s creating it, "
-                   f"{cb['second_s']:.2f} s once it exists.")
+        out.append(f"Fixed cost of any command (interpreter, imports, open + migrate check): "
+                   f"{cb['first_s']:.2f} s for `plan --target 0` creating an empty ledger, "
+                   f"{cb['second_s']:.2f} s for `status` on it.")
     if sc.get("big_status"):
         status = sc["big_status"]
         again = status.get("again_s")

@@ -104,7 +104,7 @@ class Commands(ReportCommands, DataCommands):
 
         if format not in ("table", "json"):
             raise UsageError("--format must be table or json")
-        ledger = self._open()
+        ledger = self._open(existing=True)
         try:
             return status_text(status(ledger), format)
         finally:
@@ -114,7 +114,7 @@ class Commands(ReportCommands, DataCommands):
         """Rebuild the projections (job state, open attempts, totals) from the events alone."""
         from .store import Store
 
-        ledger = self._open()
+        ledger = self._open(existing=True)
         try:
             store = Store(ledger)
             store.rebuild_projections()
@@ -165,7 +165,7 @@ class Commands(ReportCommands, DataCommands):
             config_path=config, models=names(models, "--models"), concurrency=concurrency,
             budget_usd=budget_usd, rpm=rpm, max_tokens=max_tokens, retry_failed=retry_failed,
             limit=limit)
-        ledger = self._open()
+        ledger = self._open(existing=True)
         try:
             launch = run(ledger, cfg, base_url=base_url or file_base_url, quiet=bool(quiet))
         finally:
@@ -183,7 +183,7 @@ class Commands(ReportCommands, DataCommands):
 
         cfg, _ = build_run_config(config_path=config, models=names(models, "--models"),
                                   max_tokens=max_tokens)
-        ledger = self._open()
+        ledger = self._open(existing=True)
         try:
             return estimate_text(ledger, cfg.models, cfg.max_tokens)
         finally:
@@ -243,7 +243,7 @@ class Commands(ReportCommands, DataCommands):
         from .filters import FILTER_VERSION
         from .refilter import refilter
 
-        ledger = self._open()
+        ledger = self._open(existing=True)
         try:
             r = refilter(ledger)
         finally:
@@ -258,7 +258,7 @@ class Commands(ReportCommands, DataCommands):
         Exit 1 when a check fails."""
         from .verify import verify
 
-        ledger = self._open()
+        ledger = self._open(existing=True)
         try:
             checks = verify(ledger, names(manifest, "--manifest"))
         finally:

@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.engine import URL, Engine, make_url
@@ -107,6 +107,18 @@ def _enter_wal(cur: sqlite3.Cursor) -> None:
         pause = min(pause * 2, 0.05)
 
 
+def _refuse_other_databases(cur: sqlite3.Cursor, engine: Engine) -> None:
+    """A SQLite file with tables but no ledger in it belongs to something else: adding a
+    ledger's tables to it (and switching it to WAL) would change it behind its owner's back.
+    A PostgreSQL database is often shared, so there a ledger may join other tables."""
+    tables = [r[0] for r in cur.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+    if tables and "alembic_version" not in tables:
+        shown = ", ".join(tables[:3]) + (", ..." if len(tables) > 3 else "")
+        raise DatabaseError(f"{_where(engine)} is not a ledger (it holds other tables: "
+                            f"{shown}); pass --db a new file or an existing ledger")
+
+
 def _install_sqlite_settings(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
@@ -114,6 +126,7 @@ def _install_sqlite_settings(engine: Engine) -> None:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        _refuse_other_databases(cur, engine)  # before WAL: that setting stays with the file
         _enter_wal(cur)
         cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA foreign_keys=ON")
@@ -144,6 +157,7 @@ def _install_readonly_sqlite_settings(engine: Engine) -> None:
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA query_only=ON")
+        _refuse_other_databases(cur, engine)
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -151,8 +165,10 @@ def _install_readonly_sqlite_settings(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN")
 
 
-def make_engine(url: str, *, readonly: bool = False) -> Engine:
-    """An engine with the ledger's connection settings; raises DatabaseError for bad URLs."""
+def make_engine(url: str, *, readonly: bool = False, existing: bool = False) -> Engine:
+    """An engine with the ledger's connection settings; raises DatabaseError for bad URLs.
+    `existing` (implied by `readonly`): a SQLite file that is not there is an error, not a new
+    ledger."""
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -166,14 +182,14 @@ def make_engine(url: str, *, readonly: bool = False) -> Engine:
                 raise DatabaseError("an in-memory ledger would be lost on exit; pass --db a "
                                     "file path")
             _check_sqlite_file(path)
+            if (readonly or existing) and not Path(path).exists():
+                raise DatabaseError(f"no ledger at {path}; run `python cli.py plan` first "
+                                    "or pass --db")
             if not readonly and not Path(path).exists():
                 # Owner-only from the first byte: prompts and responses are the team's data.
                 # SQLite gives the -wal and -shm files the same mode.
                 os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
             if readonly:
-                if not Path(path).exists():
-                    raise DatabaseError(f"no ledger at {path}; run `python cli.py plan` first "
-                                        "or pass --db")
                 # A SQLite URI: the path percent-encoded, or a '#' or '?' in it would cut it
                 # short (and open some other file read-write).
                 ro_url = URL.create("sqlite", database="file:" + quote(path),
@@ -262,6 +278,13 @@ def known_revisions() -> set[str]:
     return {s.revision for s in ScriptDirectory.from_config(_alembic_config()).walk_revisions()}
 
 
+def _where(engine: Engine) -> str:
+    """The ledger as a user named it: a SQLite file's path, else the URL without password."""
+    if engine.dialect.name == "sqlite":
+        return unquote(str(engine.url.database).removeprefix("file:"))
+    return engine.url.render_as_string(hide_password=True)
+
+
 def _current_revision(conn) -> str | None:  # type: ignore[no-untyped-def]
     if not inspect(conn).has_table("alembic_version"):
         return None
@@ -269,8 +292,9 @@ def _current_revision(conn) -> str | None:  # type: ignore[no-untyped-def]
     return row[0] if row else None
 
 
-def migrate(engine: Engine, *, quiet: bool = False) -> None:
-    """Bring the schema to head under the write lock, so parallel openers do not race."""
+def migrate(engine: Engine, *, quiet: bool = False, existing: bool = False) -> None:
+    """Bring the schema to head under the write lock, so parallel openers do not race.
+    `existing`: a database without a ledger in it is an error rather than a new ledger."""
     head = head_revision()
     # A ledger at head (nearly every open) is confirmed from a read snapshot, so a command
     # never queues behind a run's writes just to learn that there is nothing to migrate.
@@ -279,6 +303,9 @@ def migrate(engine: Engine, *, quiet: bool = False) -> None:
         conn.rollback()
     if current == head:
         return
+    if current is None and existing:
+        raise DatabaseError(f"{_where(engine)} holds no ledger; run `python cli.py plan` first "
+                            "or pass --db")
     from alembic import command
 
     with write_connection(engine) as conn:
@@ -303,10 +330,13 @@ def migrate(engine: Engine, *, quiet: bool = False) -> None:
             print(f"ledger: upgraded schema {current} -> {head}", file=sys.stderr)
 
 
-def open_ledger(db: str | None = None, *, create: bool = True, readonly: bool = False) -> Ledger:
-    """Open (and by default create or upgrade) the ledger named by --db / LEDGER_DB."""
+def open_ledger(db: str | None = None, *, create: bool = True, readonly: bool = False,
+                existing: bool = False) -> Ledger:
+    """Open (and by default create or upgrade) the ledger named by --db / LEDGER_DB.
+    `existing`: upgrade one that is there, but never start a new one (a mistyped --db path
+    should not be answered with an empty ledger's zeros)."""
     url = resolve_url(db)
-    engine = make_engine(url, readonly=readonly)
+    engine = make_engine(url, readonly=readonly, existing=existing)
     try:
         if readonly:
             with engine.connect() as conn:
@@ -315,7 +345,7 @@ def open_ledger(db: str | None = None, *, create: bool = True, readonly: bool = 
                 raise DatabaseError(f"{_display(url)} holds no ledger; run `python cli.py plan` "
                                     "first")
         elif create:
-            migrate(engine)
+            migrate(engine, existing=existing)
     except SADatabaseError as exc:
         engine.dispose()
         raise _database_error(url, exc) from None

@@ -159,3 +159,31 @@ def test_help_of_a_command_taking_any_option():
     result = run_cli("simulate", "--help", env={"PAGER": "cat"})
     assert result.returncode == 0, result.stderr
     assert "Serve the local OpenRouter-compatible simulator" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("command", [["status"], ["plan", "--target", "5"], ["report", "costs"],
+                                     ["export", "--out", "x.jsonl"]])
+def test_a_sqlite_file_of_something_else_is_refused_and_left_as_it_was(tmp_path, command):
+    import sqlite3
+
+    other = tmp_path / "shop.db"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+    conn.execute("INSERT INTO customers (name) VALUES ('Ana')")
+    conn.commit()
+    conn.close()
+    before = other.read_bytes()
+    _one_line_error(run_cli(*command, "--db", str(other), cwd=tmp_path), "is not a ledger",
+                    "customers")
+    assert other.read_bytes() == before  # no ledger tables, still in rollback-journal mode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shop.db"]
+
+
+@pytest.mark.parametrize("command", [["status"], ["verify"], ["run"], ["estimate"],
+                                     ["rebuild"], ["refilter"]])
+def test_a_mistyped_ledger_path_is_not_answered_with_a_new_empty_ledger(tmp_path, command):
+    missing = tmp_path / "ledgr.db"
+    _one_line_error(run_cli(*command, "--db", str(missing),
+                            env={"OPENROUTER_API_KEY": "sk-or-unused"}), "no ledger at",
+                    str(missing))
+    assert list(tmp_path.iterdir()) == []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+import json
 import sqlite3
 
 import pytest
@@ -80,6 +80,14 @@ def test_projection_drift_is_found_and_rebuild_repairs_it(filled, ledger):
 
 
 def test_a_copy_verifies_independently(filled, tmp_path):
+    """A consistent copy (SQLite's backup, as `sqlite3 ledger.db ".backup copy.db"` makes):
+    the main file alone may lack what still sits in the -wal file."""
     copy = tmp_path / "copy.db"
-    shutil.copy(filled, copy)
+    source, target = sqlite3.connect(filled), sqlite3.connect(copy)
+    source.backup(target)
+    source.close()
+    target.close()
     assert run_cli("verify", "--db", str(copy)).returncode == 0
+    planned = [json.loads(run_cli("status", "--format", "json", "--db", str(p)).stdout)["planned"]
+               for p in (filled, copy)]
+    assert planned[0] > 0 and planned[0] == planned[1]
