@@ -17,8 +17,9 @@ OK_200 = "ok"
 # HTTP 200 but unusable; all may be billed. length and content_filter keep their content so
 # the caller can record (and reject) what it paid for.
 FAILED_200 = ("length", "content_filter", "error_in_200", "no_choices", "malformed")
-_STATUS_CLASSES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 408: "timeout",
-                   429: "rate_limited"}
+# 404 and 405 are no OpenRouter chat answer: the URL has no chat endpoint (a wrong base URL).
+_STATUS_CLASSES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                   405: "not_found", 408: "timeout", 429: "rate_limited"}
 HTTP_ERRORS = (*_STATUS_CLASSES.values(), "credit_in_flight", "credit_exhausted", "server_error",
                "http_error")
 # "timeout" also covers a client-side connect or read timeout (no response, or a cut-off body).
@@ -63,7 +64,7 @@ class CallOutcome:
 
     @property
     def halt_reason(self) -> str | None:
-        """"key" or "credit" when the whole run must stop, else None."""
+        """"key", "credit" or "endpoint" when the whole run must stop, else None."""
         return STOP_RUN.get(self.error_class)
 
 

@@ -222,7 +222,7 @@ class OpenRouterClient:
         except requests.RequestException as exc:
             # from None: the chained requests exception would print the URL and its internals.
             raise LedgerError(self._one_line(
-                f"cannot reach {url} ({type(exc).__name__}: {exc}); check the base URL and network"
+                f"cannot reach {url} ({_reason(exc)}); check the base URL and network"
             )) from None
         if response.status_code == 404:
             return None
@@ -316,6 +316,13 @@ class OpenRouterClient:
     def _one_line(self, text: str) -> str:
         scrubbed = _SECRET_PATTERNS.sub(REDACTED, self._clean(text) or "")
         return " ".join(scrubbed.split())[:MESSAGE_MAX_CHARS]
+
+
+def _reason(exc: Exception) -> str:
+    """The operating system's words when there are some ('[Errno 111] Connection refused'),
+    not the pool, connection and retry objects requests wraps them in."""
+    found = re.search(r"\[Errno -?\d+\][^'\")\]]*", str(exc))
+    return found.group(0).strip() if found else f"{type(exc).__name__}: {exc}"
 
 
 def _snippet(raw: bytes, limit: int = 300) -> str:

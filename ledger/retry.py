@@ -30,7 +30,7 @@ RETRYABLE = frozenset({
 NEXT_MODEL = frozenset({"bad_request", "forbidden"})
 
 # Outcome class -> halt reason. These cannot get better by trying any model.
-STOP_RUN = {"unauthorized": "key", "credit_exhausted": "credit"}
+STOP_RUN = {"unauthorized": "key", "credit_exhausted": "credit", "not_found": "endpoint"}
 
 # Past this many doublings every sensible cap is reached; bounding the walk keeps a huge
 # try number from costing a long loop.

@@ -33,9 +33,10 @@ from .runconfig import RunConfig
 from .store import Store
 
 # Exit codes of `run`: a contract other tools rely on.
-EXIT_DONE, EXIT_CREDIT, EXIT_BUDGET, EXIT_KEY, EXIT_INTERRUPTED = 0, 3, 4, 5, 130
+EXIT_DONE, EXIT_USAGE, EXIT_CREDIT, EXIT_BUDGET, EXIT_KEY, EXIT_INTERRUPTED = \
+    0, 2, 3, 4, 5, 130
 _HALT_EXIT = {"done": EXIT_DONE, "credit": EXIT_CREDIT, "budget": EXIT_BUDGET, "key": EXIT_KEY,
-              "interrupted": EXIT_INTERRUPTED}
+              "interrupted": EXIT_INTERRUPTED, "endpoint": EXIT_USAGE}
 # Why a worker can wait without a request out: a 429 or in-flight 402 pausing every worker
 # for its Retry-After; the --rpm spacing; only jobs waiting out a backoff left to send; the
 # budget held by requests in flight; no job left to start while other workers finish theirs
@@ -45,7 +46,7 @@ _HALT_EXIT = {"done": EXIT_DONE, "credit": EXIT_CREDIT, "budget": EXIT_BUDGET, "
 WAIT_CAUSES = ("429/402 pause", "rpm spacing", "backoff, nothing else to send",
                "budget held by requests in flight", "no job left to start", "intent commit")
 # When two stops race, the one that matters more to the user wins.
-_HALT_RANK = {"key": 4, "credit": 3, "budget": 2, "interrupted": 1}
+_HALT_RANK = {"endpoint": 5, "key": 4, "credit": 3, "budget": 2, "interrupted": 1}
 
 
 @dataclass
@@ -499,6 +500,11 @@ class Runner:
         if reason == "key":
             self.halt.stop("key", "the API key was rejected (HTTP 401); set a valid "
                            "OPENROUTER_API_KEY and run again")
+        elif reason == "endpoint":
+            self.halt.stop("endpoint", f"{self.client.base_url}/chat/completions answered HTTP "
+                           f"{outcome.http_status}: no chat API at that URL; pass --base-url "
+                           "(or set OPENROUTER_BASE_URL to) the API's root, e.g. "
+                           "https://openrouter.ai/api/v1; the jobs stay open")
         else:
             detail = outcome.message or "credit exhausted"
             self.halt.stop("credit", f"out of credit (HTTP 402, {outcome.limit_source or 'no limit_source'}): "

@@ -79,7 +79,7 @@ run_stops = Table(
     Column("run_id", Text, ForeignKey("runs.run_id"), primary_key=True),
     *_chain_columns(),
     Column("stopped_at_utc", Text, nullable=False),
-    # 'done' | 'credit' | 'budget' | 'key' | 'interrupted' | 'error' | 'died'
+    # 'done' | 'credit' | 'budget' | 'key' | 'endpoint' | 'interrupted' | 'error' | 'died'
     Column("reason", Text, nullable=False),
     Column("exit_code", Integer, nullable=False),
     Column("limit_source", Text),

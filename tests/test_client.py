@@ -223,7 +223,8 @@ def test_200_whose_body_is_not_a_json_object_is_malformed(server, client, body):
         (500, "server_error", {"error_type": "server"}),
         (502, "server_error", {"error_type": "provider_unavailable"}),
         (503, "server_error", {"error_type": "provider_overloaded"}),
-        (404, "http_error", {}),
+        (404, "not_found", {}),
+        (405, "not_found", {}),
         (418, "http_error", {}),
     ],
 )
@@ -379,6 +380,8 @@ def test_key_absent_from_repr_and_exceptions(server, client):
     with OpenRouterClient(refused_url(), KEY) as unreachable, pytest.raises(LedgerError) as refused:
         unreachable.models()
     assert "cannot reach" in str(refused.value)
+    # The operating system's reason, not the pool and retry objects wrapped around it.
+    assert "Connection refused" in str(refused.value) and "Pool" not in str(refused.value)
     assert KEY not in "".join(traceback.format_exception(refused.value))
 
 

@@ -166,6 +166,25 @@ def test_a_401_on_chat_exits_5(ledger, store, ledger_path, start_sim) -> None:
     assert rows(ledger, "SELECT reason, exit_code FROM run_stops") == [("key", 5)]
 
 
+def test_a_base_url_without_a_chat_api_stops_the_run_and_fails_no_job(
+        ledger, store, ledger_path, start_sim) -> None:
+    """A wrong path answers 404 to every request; that says nothing about any job or model."""
+    store.plan_jobs(make_jobs(10))
+    sim = start_sim()
+    wrong = sim.base_url.replace("/api/v1", "/wrong/path")
+    done = run_cli("run", "--quiet", "--concurrency", "2",
+                   env={**env(sim, ledger_path), "OPENROUTER_BASE_URL": wrong})
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "/wrong/path/chat/completions answered HTTP 404" in done.stderr
+    assert "--base-url" in done.stderr and "the jobs stay open" in done.stderr
+    assert sim.stats()["requests"] <= 2  # the two workers' first requests, then the stop
+    assert rows(ledger, "SELECT reason, exit_code FROM run_stops") == [("endpoint", 2)]
+    assert one(ledger, "SELECT COUNT(*) FROM job_state WHERE state = 'open'") == 10
+    right = cli_run(sim, ledger_path)
+    assert right.returncode == 0, right.stderr
+    assert one(ledger, "SELECT COUNT(*) FROM acceptances") == 10
+
+
 def test_budget_holds_across_restarts(ledger, store, ledger_path, start_sim) -> None:
     store.plan_jobs(make_jobs(12))
     sim = start_sim(latency_ms=20)
