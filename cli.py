@@ -16,7 +16,7 @@ from ledger import commands
 from ledger.cli_args import check_command_line, with_help_for_open_options
 from ledger.cli_data import merge_repeated_option
 from ledger.db import database_error_from
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, os_error_line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         # `cli.py report ... | head` closed the pipe early: not an error worth a traceback.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:
+        # A file the command reads or writes failed in a way its own checks did not name.
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -142,11 +142,17 @@ def remove_stale_temps(target: Path) -> int:
 
 def check_target(target: Path, overwrite: bool) -> None:
     """Fail early, before any work, when the target cannot or may not be written."""
-    if target.is_dir():
-        raise UsageError(f"{target} is a directory; pass a file path")
-    if not target.parent.is_dir():
-        raise UsageError(f"directory {target.parent} does not exist; create it first")
-    if target.exists() and not overwrite:
+    try:
+        if target.is_dir():
+            raise UsageError(f"{target} is a directory; pass a file path")
+        if not target.parent.is_dir():
+            raise UsageError(f"directory {target.parent} does not exist (or is a file); create "
+                             "it first")
+        exists = target.exists()
+    except OSError as exc:  # a name too long, a loop of links, a path not searchable
+        raise UsageError(f"cannot use {target}: {exc.strerror or exc}; choose another "
+                         "path") from None
+    if exists and not overwrite:
         raise UsageError(f"{target} exists; pass --force to replace it")
 
 
@@ -197,15 +203,17 @@ def atomic_write(target: str | os.PathLike[str], *, overwrite: bool = False,
                          "choose a writable directory") from None
     published = False
     try:
-        with open(fd, "wb", buffering=_BUFFER_BYTES, closefd=True) as fh:
-            os.fchmod(fh.fileno(), mode)  # exact, whatever the umask
-            writer = AtomicWriter(fh, temp, path)
-            yield writer
-            try:
+        try:
+            with open(fd, "wb", buffering=_BUFFER_BYTES, closefd=True) as fh:
+                os.fchmod(fh.fileno(), mode)  # exact, whatever the umask
+                writer = AtomicWriter(fh, temp, path)
+                yield writer
                 fh.flush()
                 os.fsync(fh.fileno())
-            except OSError as exc:
-                raise _write_error(path, exc) from None
+        except OSError as exc:
+            # Also the close: after a failed write it flushes the buffer again, fails again
+            # (a full disk), and its error would replace the one that said what to do.
+            raise _write_error(path, exc) from None
         _publish(temp, path, overwrite)
         published = True
         fsync_directory(path.parent)

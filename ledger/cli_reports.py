@@ -18,7 +18,7 @@ class ReportCommands:
 
     def report(self, name: str | None = None, format: str = "simple",  # noqa: A002
                l1: Any = None, pattern: Any = None, model: Any = None, since: Any = None,
-               html: str | None = None) -> str:
+               html: str | None = None, force: bool = False) -> str:
         """Cost and quality reports from the ledger's SQL views; no NAME lists them.
 
         NAME is one of: costs, costs-by-l1, costs-by-pattern, costs-by-run, fallbacks,
@@ -26,7 +26,7 @@ class ReportCommands:
         any tabulate format (simple, github, grid, ...). --l1 a,b / --pattern p / --model m /
         --since 2026-11-25[T10:00:00Z] narrow a report where they apply. --html FILE writes
         one self-contained page of charts (coverage heatmap, cost and acceptance by model,
-        rejections by rule) instead.
+        rejections by rule) instead; an existing FILE is replaced only with --force.
         """
         from .reports import Filters, check_format, list_reports, parse_since, render, \
             run_report
@@ -39,7 +39,7 @@ class ReportCommands:
         if html is not None:
             if name is not None:
                 raise UsageError("--html writes every chart to one page; drop the report name")
-            return self._write_html(html, filters)
+            return self._write_html(html, filters, bool(force))
         if name is None:
             return ("reports (python cli.py report NAME):\n"
                     + table(list_reports(), ["name", "shows", "filters"]))
@@ -117,14 +117,14 @@ class ReportCommands:
         self._open().dispose()  # type: ignore[attr-defined]
         return self._open(readonly=True)  # type: ignore[attr-defined]
 
-    def _write_html(self, path: str, filters: Any) -> str:
+    def _write_html(self, path: str, filters: Any, overwrite: bool) -> str:
         from .html_report import write_html_report
 
         if not isinstance(path, str) or not path.strip():
             raise UsageError("--html takes a file path, e.g. --html report.html")
         ledger = self._reading_ledger()
         try:
-            size = write_html_report(ledger, path, filters)
+            size = write_html_report(ledger, path, filters, overwrite=overwrite)
         finally:
             ledger.dispose()
         return f"wrote {path} ({size:,} bytes)"

@@ -15,6 +15,7 @@ import re
 import threading
 import time
 from typing import Any, Literal, Mapping
+from urllib.parse import urlsplit
 
 import requests
 import urllib3
@@ -49,6 +50,14 @@ class OpenRouterClient:
                  app_url: str = "http://localhost/scaffold-ledger") -> None:
         if not base_url.startswith(("http://", "https://")):
             raise UsageError(f"the API base URL must start with http:// or https://: {base_url!r}")
+        try:
+            host = urlsplit(base_url).hostname
+        except ValueError as exc:  # 'http://[::1' and the like
+            raise UsageError(f"the API base URL {base_url!r} is not a valid URL ({exc})") \
+                from None
+        if not host:
+            raise UsageError(f"the API base URL {base_url!r} names no host, e.g. "
+                             "https://openrouter.ai/api/v1")
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
         self._timeout = (connect_timeout_s, timeout_s)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .catalog import load_catalog
 from .db import open_ledger
+from .errors import UsageError
 from .launch import run
 from .planner import plan_ledger
 from .queries import status
@@ -24,7 +25,11 @@ DEMO_KEY = "sk-demo-local-simulator"
 
 def run_demo(jobs: int, directory: str, concurrency: int, latency_ms: float, quiet: bool,
              catalog_path: str | None = None) -> int:
-    Path(directory).mkdir(parents=True, exist_ok=True)
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file of that name, a read-only parent
+        raise UsageError(f"cannot use {directory} as the demo's directory: "
+                         f"{exc.strerror or exc}; pass --dir another path") from None
     ledger = open_ledger(str(Path(directory) / "ledger.db"))
     catalog = load_catalog(catalog_path)
     sim = Simulator(SimConfig.from_kwargs(

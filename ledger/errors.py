@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class LedgerError(Exception):
     """Base for every error the CLI turns into one line and a nonzero exit."""
@@ -53,3 +55,16 @@ class Interrupted(LedgerError):
     """The user pressed Ctrl-C; the run stopped cleanly."""
 
     exit_code = 130
+
+
+def os_error_line(exc: OSError) -> str:
+    """An operating-system error as one line: which file, what went wrong, what to try."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    where = f"{exc.filename}: " if exc.filename else ""
+    if exc.errno == errno.ENOSPC:
+        hint = "free some space and run the command again"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = "check the permissions, or choose another path"
+    else:
+        hint = "check the path and run the command again"
+    return f"{where}{what}; {hint}"

@@ -8,8 +8,6 @@ temporary file beside the target, renamed over it.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from html import escape as html_escape
@@ -18,8 +16,8 @@ from xml.sax.saxutils import escape, quoteattr
 
 from sqlalchemy.engine import make_url
 
+from .atomic import check_target, write_bytes_atomic
 from .db import Ledger
-from .errors import UsageError
 from .records import utc_now
 from .reports import Filters, Rows, report_spec, run_report
 
@@ -36,29 +34,15 @@ class Bar:
     caption: str
 
 
-def write_html_report(ledger: Ledger, path: str, filters: Filters = Filters()) -> int:
-    """Render the page and write it atomically; returns its size in bytes."""
-    page = html_page(ledger, filters).encode("utf-8")
+def write_html_report(ledger: Ledger, path: str, filters: Filters = Filters(), *,
+                      overwrite: bool = False) -> int:
+    """Render the page and write it atomically; returns its size in bytes. An existing file
+    is replaced only with `overwrite` (--force), as with exports."""
     target = Path(path)
-    if target.is_dir():
-        raise UsageError(f"{path} is a directory; pass --html a file path")
-    if not target.parent.exists():
-        raise UsageError(f"directory {target.parent} does not exist")
-    _atomic_write(target, page)
+    check_target(target, overwrite)  # before the page is rendered
+    page = html_page(ledger, filters).encode("utf-8")
+    write_bytes_atomic(target, page, overwrite=overwrite)
     return len(page)
-
-
-def _atomic_write(target: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def html_page(ledger: Ledger, filters: Filters = Filters()) -> str:

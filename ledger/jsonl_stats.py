@@ -42,11 +42,16 @@ def read_jsonl_stats(path: str, catalog: Any = None) -> JsonlStats:
     cells: set[tuple[str, str]] = set()
     dialogues = skipped = turns = questions = 0
     try:
-        fh = open(path, encoding="utf-8")
+        fh = open(path, "rb")
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
     with fh:
-        for line in fh:
+        for line_no, raw in enumerate(fh, 1):
+            try:  # decoded line by line: a line that is not UTF-8 is skipped like bad JSON
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError:
+                skipped += 1
+                continue
             if not line.strip():
                 continue
             parsed = _dialogue(line)

@@ -73,7 +73,7 @@ class _Engine:
         self._by_model: dict[str, dict[str, float]] = {}
         self._models_reply = Reply(200, models_body(config.prices))
         # Line-buffered append: each billed line reaches the OS before the response is sent.
-        self._log = open(config.billing_log, "a", encoding="utf-8", buffering=1) if config.billing_log else None
+        self._log = _open_billing_log(config.billing_log) if config.billing_log else None
 
     @property
     def config(self) -> SimConfig:
@@ -363,6 +363,9 @@ class Simulator:
             return self.base_url
         if self._engine.closed:
             raise UsageError("This simulator was stopped; create a new Simulator to serve again.")
+        if not 0 <= self._requested_port <= 65535:
+            raise UsageError(f"Cannot listen on port {self._requested_port}: ports are 0-65535 "
+                             "(0 for a free one).")
         try:
             self._server = _Server(self._requested_port, self._engine)
         except OSError as exc:
@@ -403,6 +406,14 @@ class Simulator:
     def script(self, tokens: list[str]) -> None:
         """Force the outcomes of the next len(tokens) chat requests, in order."""
         self._engine.script(tokens)
+
+
+def _open_billing_log(path: str):  # type: ignore[no-untyped-def]
+    try:
+        return open(path, "a", encoding="utf-8", buffering=1)
+    except OSError as exc:
+        raise UsageError(f"Cannot open the billing log {path} ({exc.strerror or exc}); pass "
+                         "--billing-log a file in a writable directory.") from None
 
 
 def serve_forever(config: SimConfig, port: int = 8099, ready_file: str | None = None) -> None:

@@ -340,7 +340,8 @@ class Store:
             for name in ("clear_job_state", "clear_open_attempts", "rebuild_job_state",
                          "rebuild_open_attempts"):
                 tx.run(name)
-            row = tx.run("rebuild_totals_source").one()
+            # No row at all when the ledger holds no event yet: the totals start from nothing.
+            row = (tx.run("rebuild_totals_source").all() or [(None, None, None, None)])[0]
             tx.head_seq, tx.head_hash = row[0] or 0, row[1] or schema.GENESIS_HASH
             tx.next_id, tx.spend_usd = row[2] or 1, float(row[3] or 0.0)
             tx.dirty = True

@@ -116,6 +116,9 @@ def check_manifest(ledger: Ledger, manifest_path: str) -> Check:
         raise UsageError(f"manifest not found: {manifest_path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{manifest_path} is not a JSON manifest: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise UsageError(f"{manifest_path} is not an export manifest (a JSON object with file, "
+                         "sha256, count and ledger); pass the .manifest.json an export wrote")
     data_file = Path(manifest.get("file") or str(path).removesuffix(".manifest.json"))
     if not data_file.is_absolute():
         data_file = path.parent / data_file.name

@@ -263,3 +263,29 @@ def test_a_ledger_path_with_url_characters_names_that_file(tmp_path: Path,
     assert sorted(p.name for p in tmp_path.iterdir()) == [directory]
     assert {p.name for p in home.iterdir()} <= {"ledger.db", "ledger.db-wal", "ledger.db-shm",
                                                 "out.jsonl", "out.jsonl.manifest.json"}
+
+
+@needs_root
+@pytest.mark.parametrize("command", [["export", "--format", "chatml", "--out"],
+                                     ["report", "--html"]])
+def test_a_full_disk_under_an_output_file_is_one_line_and_keeps_the_old_file(
+        tmp_path: Path, command: list[str]) -> None:
+    """The write fails, then closing the file flushes its buffer into the same full disk; the
+    line must still say what to do, and the file already there must survive (--force)."""
+    made = run_cli("demo", "--dir", str(tmp_path / "demo"), "--quiet", "--jobs", "24")
+    assert made.returncode == 0, made.stderr
+    db = tmp_path / "demo" / "ledger.db"
+    where = tmp_path / "mnt"
+    where.mkdir()
+    mount("-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where))
+    try:
+        target = where / "out"
+        target.write_bytes(b"the previous file\n")
+        fill(where)
+        line = one_line_error(run_cli(*command, str(target), "--force", "--db", str(db)),
+                              code=1)
+        assert str(target) in line and "free some space" in line, line
+        assert target.read_bytes() == b"the previous file\n"
+        assert sorted(p.name for p in where.iterdir()) == ["filler", "out"]  # no temp left
+    finally:
+        umount(where)

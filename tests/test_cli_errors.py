@@ -187,3 +187,65 @@ def test_a_mistyped_ledger_path_is_not_answered_with_a_new_empty_ledger(tmp_path
                             env={"OPENROUTER_API_KEY": "sk-or-unused"}), "no ledger at",
                     str(missing))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["run", "--base-url", "http://[::1"], "is not a valid URL"),
+    (["run", "--base-url", "http:///v1"], "names no host"),
+    (["export", "--out", "x" * 300 + ".jsonl"], "choose another path"),
+    (["simulate", "--port", "99999"], "ports are 0-65535"),
+    (["simulate", "--port", "0", "--billing-log", "/nonexistent-dir/bill.log"],
+     "--billing-log a file in a writable directory"),
+])
+def test_bad_values_that_used_to_end_in_a_traceback(tmp_path, args, needle):
+    db = _planned(tmp_path, 3)
+    _one_line_error(run_cli(*args, "--db", str(db), cwd=tmp_path,
+                            env={"OPENROUTER_API_KEY": "sk-or-unused"}, timeout=30), needle)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("l.db")) == []
+
+
+def test_a_manifest_that_is_not_an_object(tmp_path):
+    db = _planned(tmp_path, 3)
+    manifest = tmp_path / "m.manifest.json"
+    manifest.write_text("[1, 2]", encoding="utf-8")
+    _one_line_error(run_cli("verify", "--manifest", str(manifest), "--db", str(db)),
+                    "is not an export manifest")
+
+
+def test_a_demo_directory_that_is_a_file(tmp_path):
+    taken = tmp_path / "demo"
+    taken.write_text("mine\n", encoding="utf-8")
+    _one_line_error(run_cli("demo", "--dir", str(taken), "--quiet"), "--dir another path")
+    assert taken.read_text(encoding="utf-8") == "mine\n"
+
+
+def test_rebuild_of_a_ledger_with_no_event_yet(tmp_path):
+    db = _planned(tmp_path, 0)
+    done = run_cli("rebuild", "--db", str(db))
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "ok   hash chain: 0 events" in run_cli("verify", "--db", str(db)).stdout
+
+
+def test_analyze_skips_a_line_that_is_not_utf8(tmp_path):
+    f = tmp_path / "set.jsonl"
+    good = json.dumps({"messages": [{"role": "user", "content": "I no like coffee."},
+                                    {"role": "assistant", "content": "Do you like it?"}]})
+    f.write_bytes(b"\xef\xbb\xbf" + good.encode() + b"\n\xff\xfe not text\n" + good.encode()
+                  + b"\n")
+    done = run_cli("analyze", str(f), "--format", "json")
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert got["dialogues"] == 2 and got["lines_skipped"] == 1
+
+
+def test_an_operating_system_error_reads_as_one_line_with_what_to_do():
+    import errno
+
+    from ledger.errors import os_error_line
+
+    assert os_error_line(OSError(errno.ENOSPC, "No space left on device", "/data/out.jsonl")) \
+        == "/data/out.jsonl: No space left on device; free some space and run the command again"
+    assert os_error_line(OSError(errno.EACCES, "Permission denied", "/etc/x")).endswith(
+        "check the permissions, or choose another path")
+    assert os_error_line(OSError(errno.EIO, "Input/output error")) == \
+        "Input/output error; check the path and run the command again"

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import make_jobs, run_cli
 from ledger.html_report import html_page, write_html_report
+from ledger.errors import UsageError
 from ledger.reports import Filters
 from test_views import CHEAP, DEAR, attempt, build_scenario, ok, verdict
 
@@ -92,7 +93,10 @@ def test_the_file_is_written_atomically_and_replaces_the_old_one(filled, tmp_pat
     out.mkdir()
     target = out / "report.html"
     target.write_text("old", encoding="utf-8")
-    size = write_html_report(filled, str(target))
+    with pytest.raises(UsageError, match="exists; pass --force"):
+        write_html_report(filled, str(target))
+    assert target.read_text(encoding="utf-8") == "old"
+    size = write_html_report(filled, str(target), overwrite=True)
     assert target.stat().st_size == size
     assert target.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
     assert [p.name for p in out.iterdir()] == ["report.html"]  # no temp file left
@@ -110,3 +114,14 @@ def test_report_html_through_the_cli(filled, ledger_path, tmp_path):
     both = run_cli("report", "costs", "--html", str(target), "--db", str(ledger_path),
                    timeout=60)
     assert both.returncode == 2 and "drop the report name" in both.stderr
+    before = target.read_bytes()
+    kept = run_cli("report", "--html", str(target), "--db", str(ledger_path), timeout=60)
+    assert kept.returncode == 2 and "pass --force" in kept.stderr
+    assert target.read_bytes() == before
+    replaced = run_cli("report", "--html", str(target), "--force", "--db", str(ledger_path),
+                       timeout=60)
+    assert replaced.returncode == 0, replaced.stderr
+    not_a_dir = run_cli("report", "--html", str(target / "x.html"), "--db", str(ledger_path),
+                        timeout=60)
+    assert not_a_dir.returncode == 2 and "Traceback" not in not_a_dir.stderr
+    assert "does not exist (or is a file)" in not_a_dir.stderr
