@@ -78,7 +78,7 @@ class DataCommands:
         the same bytes; the file is replaced atomically and only with --force. The manifest
         (FILE.manifest.json) records count, SHA-256, filters and the ledger position.
         """
-        from .commands import names
+        from .commands import names, require_known_filters
         from .export import ExportFilters, check_format, export_dialogues, export_text
         from .importer import CatalogIds
 
@@ -93,6 +93,8 @@ class DataCommands:
             models=names(model, "--model"))
         ledger = self._open(readonly=True)  # type: ignore[attr-defined]
         try:
+            require_known_filters(ledger, l1=filters.l1s, pattern=filters.patterns,
+                                  level=filters.levels, model=filters.models)
             result = export_dialogues(ledger, path, fmt, filters, force=bool(force))
         finally:
             ledger.dispose()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from .commands import integer, names
+from .commands import integer, names, require_known_filters
 from .errors import UsageError
 
 
@@ -28,12 +28,16 @@ class ReportCommands:
         one self-contained page of charts (coverage heatmap, cost and acceptance by model,
         rejections by rule) instead; an existing FILE is replaced only with --force.
         """
-        from .reports import Filters, check_format, list_reports, parse_since, render, \
-            run_report
+        from .reports import Filters, check_format, checked_spec, list_reports, parse_since, \
+            render, run_report
         from .render import table
 
-        filters = Filters(l1=tuple(names(l1, "--l1") or ()),
-                          pattern=tuple(names(pattern, "--pattern") or ()),
+        from .importer import CatalogIds
+
+        ids = CatalogIds.of(self._catalog())  # type: ignore[attr-defined]
+        # L1 and pattern ids are stored lower case ("Spanish" is spanish), as export reads them.
+        filters = Filters(l1=tuple(ids.l1(x) for x in names(l1, "--l1") or ()),
+                          pattern=tuple(p.lower() for p in names(pattern, "--pattern") or ()),
                           model=tuple(names(model, "--model") or ()),
                           since=parse_since(since))
         if html is not None:
@@ -44,8 +48,11 @@ class ReportCommands:
             return ("reports (python cli.py report NAME):\n"
                     + table(list_reports(), ["name", "shows", "filters"]))
         fmt = check_format(format)
+        checked_spec(str(name), filters)
         ledger = self._reading_ledger()
         try:
+            require_known_filters(ledger, l1=filters.l1, pattern=filters.pattern,
+                                  model=filters.model)
             rows = run_report(ledger, str(name), filters)
         finally:
             ledger.dispose()
@@ -124,6 +131,8 @@ class ReportCommands:
             raise UsageError("--html takes a file path, e.g. --html report.html")
         ledger = self._reading_ledger()
         try:
+            require_known_filters(ledger, l1=filters.l1, pattern=filters.pattern,
+                                  model=filters.model)
             size = write_html_report(ledger, path, filters, overwrite=overwrite)
         finally:
             ledger.dispose()

@@ -7,6 +7,7 @@ Options shared by every command: --db (a path or SQLAlchemy URL; default $LEDGER
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from .errors import UsageError
@@ -44,6 +45,22 @@ def number(value: Any, option: str, minimum: float = 0.0) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
         raise UsageError(f"{option} takes a number >= {minimum}, got {value!r}")
     return float(value)
+
+
+def require_known_filters(ledger: Any, **given: Sequence[str] | None) -> None:
+    """A filter value that no job has (no attempt, for --model) would give an empty export or
+    report and exit 0, as if nothing matched, when it is most likely a typo: say so, with the
+    values the ledger has."""
+    from .queries import missing_filter_values
+
+    for kind, values in given.items():
+        if not values:
+            continue
+        missing, known = missing_filter_values(ledger, kind, list(values))
+        if missing:
+            holder = "attempt" if kind == "model" else "job"
+            raise UsageError(f"no {holder} in the ledger has --{kind} {missing[0]!r}; it has: "
+                             f"{', '.join(known) or 'none yet'}")
 
 
 from .cli_data import DataCommands  # noqa: E402 - the mixins use the helpers above

@@ -358,3 +358,30 @@ LEFT JOIN verdicts v ON v.attempt_id = a.attempt_id AND v.filter_version = :fv
 WHERE a.job_id = :job
   AND a.seq > (SELECT COALESCE(MAX(r.seq), 0) FROM job_reopens r WHERE r.job_id = :job)
 GROUP BY a.model_requested""")
+
+
+# Where a filter's values live: job columns on job_state (one row per job, indexed by l1
+# first); a model is the one a request asked for or the one that answered.
+_FILTER_SOURCES = {"l1": (("job_state", "l1"),), "pattern": (("job_state", "pattern"),),
+                   "level": (("job_state", "level"),),
+                   "model": (("attempts", "model_requested"),
+                             ("attempt_outcomes", "model_served"))}
+
+
+def missing_filter_values(ledger: Ledger, kind: str, values: Sequence[str]
+                          ) -> tuple[list[str], list[str]]:
+    """(the values no row has, the values rows do have: at most 12) for a report or export
+    filter of `kind` (l1, pattern, level, model); the second list is only read when the
+    first is not empty."""
+    sources = _FILTER_SOURCES[kind]
+    probes = [text(f"SELECT 1 FROM {table} WHERE {column} = :v LIMIT 1")
+              for table, column in sources]
+    with ledger.engine.connect() as conn:
+        missing = [v for v in values
+                   if all(conn.execute(p, {"v": v}).first() is None for p in probes)]
+        if not missing:
+            return [], []
+        table, column = sources[0]
+        known = [r[0] for r in conn.execute(text(
+            f"SELECT DISTINCT {column} FROM {table} ORDER BY {column} LIMIT 12"))]
+    return missing, known

@@ -198,13 +198,19 @@ def report_spec(name: str) -> ReportSpec:
     raise UsageError(f"unknown report {name!r}; reports: {', '.join(REPORT_NAMES)}")
 
 
-def run_report(ledger: Ledger, name: str, filters: Filters = Filters()) -> Rows:
+def checked_spec(name: str, filters: Filters) -> ReportSpec:
+    """The report NAME, refusing filters it cannot apply."""
     spec = report_spec(name)
     unusable = [f for f in filters.given() if f not in spec.filters]
     if unusable:
         usable = ", ".join(f"--{f}" for f in spec.filters) or "no filter"
         raise UsageError(f"report {name} cannot be narrowed by "
                          f"{', '.join('--' + f for f in unusable)}; it takes {usable}")
+    return spec
+
+
+def run_report(ledger: Ledger, name: str, filters: Filters = Filters()) -> Rows:
+    spec = checked_spec(name, filters)
     on_view = all(f in spec.view_filters for f in filters.given())
     if on_view or spec.facts_sql is None:
         sql, params = _filtered(spec.view_sql, spec.view_filters, filters, wrap=True)

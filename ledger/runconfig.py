@@ -8,6 +8,7 @@ Command-line options win over the file.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -73,8 +74,11 @@ def _positive_int(name: str, value: Any) -> int:
 
 
 def _non_negative(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise UsageError(f"{name} must be a number >= 0, got {value!r}")
+    # Not NaN or infinity: JSON files may spell both, and a NaN budget compares false with
+    # every spend, so it would be no budget at all.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 \
+            or not math.isfinite(value):
+        raise UsageError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
 
 

@@ -249,3 +249,15 @@ def test_an_operating_system_error_reads_as_one_line_with_what_to_do():
         "check the permissions, or choose another path")
     assert os_error_line(OSError(errno.EIO, "Input/output error")) == \
         "Input/output error; check the path and run the command again"
+
+
+@pytest.mark.parametrize("setting", ['"budget_usd": NaN', '"budget_usd": Infinity',
+                                     '"rpm": -Infinity'])
+def test_a_config_file_number_that_is_not_finite_is_refused(tmp_path, setting):
+    db = _planned(tmp_path, 3)
+    config = tmp_path / "run.json"
+    config.write_text("{" + setting + "}", encoding="utf-8")
+    _one_line_error(run_cli("run", "--config", str(config), "--db", str(db),
+                            env={"OPENROUTER_API_KEY": "sk-or-unused",
+                                 "OPENROUTER_BASE_URL": "http://127.0.0.1:9/api/v1"}),
+                    "must be a finite number")

@@ -151,7 +151,13 @@ def test_filters_narrow_the_export(small_db: Path, tmp_path: Path) -> None:
     assert records and {r["error_type"] for r in records} <= {"negation_error", "pronoun_copy"}
     assert {r["level"] for r in records} == {"beginner"}
     assert len(lines_of(tmp_path / "pat.jsonl")) < 40
-    text_out = export(small_db, tmp_path / "none.jsonl", model="openai/gpt-4o")
+    # A model no attempt asked for is most likely a typo: refused, nothing written.
+    with pytest.raises(UsageError, match="no attempt in the ledger has --model 'openai/gpt-4o'"):
+        export(small_db, tmp_path / "none.jsonl", model="openai/gpt-4o")
+    assert not (tmp_path / "none.jsonl").exists()
+    # Values the ledger has (planned jobs), with nothing accepted under them: an empty export.
+    text_out = export(small_db, tmp_path / "none.jsonl", l1="korean",
+                      pattern="be_verb_insertion", level="intermediate")
     assert (tmp_path / "none.jsonl").read_bytes() == b""
     assert "no accepted dialogue matches" in text_out
     export(small_db, tmp_path / "model.jsonl", model=MODEL)

@@ -120,9 +120,24 @@ def test_since_keeps_only_later_attempts(cli, filled):
 
 
 def test_filter_values_are_bound_not_spliced_into_the_sql(cli, filled, ledger_path):
-    hostile = "x') OR 1=1 --"
-    result = cli("report", "coverage", "--l1", hostile, "--format", "json", "--db", filled)
-    assert result.returncode == 0 and json.loads(result.stdout) == []
+    """Spliced in, OR 1=1 would match every job and the report would run."""
+    hostile = "x') or 1=1 --"
+    result = cli("report", "coverage", "--pattern", hostile, "--format", "json", "--db", filled)
+    assert result.returncode == 2
+    assert f"no job in the ledger has --pattern {hostile!r}" in result.stderr
+
+
+def test_a_filter_value_no_job_has_is_named_with_the_values_there_are(cli, filled):
+    typo = cli("report", "costs-by-l1", "--l1", "klingon", "--db", filled)
+    assert typo.returncode == 2 and "Traceback" not in typo.stderr
+    assert "no job in the ledger has --l1 'klingon'; it has: " in typo.stderr
+    model = cli("report", "costs", "--model", "no/such-model", "--db", filled)
+    assert model.returncode == 2 and "no attempt in the ledger has --model" in model.stderr
+    # Ids are stored lower case: "Spanish" is spanish, as export reads it.
+    upper = cli("report", "costs-by-l1", "--l1", "Spanish", "--format", "json", "--db", filled)
+    lower = cli("report", "costs-by-l1", "--l1", "spanish", "--format", "json", "--db", filled)
+    assert upper.returncode == 0 and upper.stdout == lower.stdout
+    assert json.loads(lower.stdout)
 
 
 def test_since_must_be_an_iso_date():
