@@ -21,6 +21,12 @@ class Exit(Exception):
         self.code = code
 
 
+_EXAMPLES = {"--models": "google/gemini-2.0-flash-001,anthropic/claude-3.5-haiku",
+             "--pattern": "negation_error,gerund_error", "--patterns": "negation_error",
+             "--level": "beginner,intermediate", "--levels": "beginner",
+             "--model": "google/gemini-2.0-flash-001", "--anchor": "anchors.jsonl"}
+
+
 def names(value: Any, option: str) -> list[str] | None:
     """Comma-separated names, as a string or as the tuple fire makes of `a,b`."""
     if value is None or value == "":
@@ -30,7 +36,8 @@ def names(value: Any, option: str) -> list[str] | None:
     elif isinstance(value, str):
         items = value.split(",")
     else:
-        raise UsageError(f"{option} takes comma-separated names, e.g. {option} spanish,korean")
+        raise UsageError(f"{option} takes comma-separated names, e.g. {option} "
+                         f"{_EXAMPLES.get(option, 'spanish,korean')}")
     out = [i.strip() for i in items if i.strip()]
     return out or None
 

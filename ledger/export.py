@@ -245,7 +245,8 @@ def export_dialogues(ledger: Ledger, out: str | Path, fmt: str = "messages",
 
 def export_text(result: ExportResult) -> str:
     rate = result.count / result.seconds if result.seconds > 0 else 0.0
-    lines = [f"exported {result.count:,} dialogues ({result.format}) to {result.path} "
+    lines = [f"exported {result.count:,} dialogue{'' if result.count == 1 else 's'} "
+             f"({result.format}) to {result.path} "
              f"({result.bytes:,} bytes, sha256 {result.sha256[:16]}) in {result.seconds:.2f} s "
              f"({rate:,.0f}/s{', 2 processes' if result.processes == 2 else ''})",
              f"manifest: {result.manifest_path} (ledger at seq {result.position.head_seq})"]

@@ -70,6 +70,8 @@ class ReportSpec:
     facts_sql: str | None = None
     facts_filters: Mapping[str, str] = field(default_factory=dict)
     note: str = ""
+    # The note explains empty cells of this column: shown only when a row has one.
+    note_if_null: str | None = None
 
     @property
     def filters(self) -> tuple[str, ...]:
@@ -160,7 +162,7 @@ REPORTS: tuple[ReportSpec, ...] = (
         "spend_usd FROM v_runs", "started_at_utc, run_id",
         view_filters={"since": "started_at_utc"},
         note="no stop reason: the run is still going, or died without a word (the next run "
-             "records it as 'died')"),
+             "records it as 'died')", note_if_null="reason"),
     ReportSpec(
         "orphans", "attempts with no outcome (v_orphaned_attempts)",
         "SELECT attempt_id, job_id, l1, pattern, run_id, model_requested, reserved_usd, "
@@ -222,7 +224,11 @@ def run_report(ledger: Ledger, name: str, filters: Filters = Filters()) -> Rows:
         result = conn.execute(stmt, params)
         columns = tuple(result.keys())
         rows = tuple(tuple(plain(v) for v in row) for row in result)
-    return Rows(name=spec.name, title=spec.title, columns=columns, rows=rows, note=spec.note)
+    note = spec.note
+    if spec.note_if_null is not None:
+        at = columns.index(spec.note_if_null)
+        note = note if any(row[at] is None for row in rows) else ""
+    return Rows(name=spec.name, title=spec.title, columns=columns, rows=rows, note=note)
 
 
 @contextmanager

@@ -186,7 +186,10 @@ class Runner:
         # Outcomes still queued for the writer are committed before the run's stop is.
         self.store.flush()
         reason = self.halt.reason or "done"
-        message = self.halt.message or "no open job left"
+        message = self.halt.message or (
+            f"--limit {self.config.limit} reached: {self._claimed_total} job(s) taken; run "
+            "again for more" if self.config.limit is not None
+            and self._claimed_total >= self.config.limit else "no open job left")
         if reason == "done" and self._budget_skipped:
             reason = "budget"
             message = (f"budget of ${self.config.budget_usd:.6f} reached for the fallback models: "

@@ -243,3 +243,11 @@ def test_sql_reports_a_syntax_error_in_one_line(cli, filled):
     result = cli("sql", "SELEKT 1", "--db", filled)
     assert result.returncode == 2
     assert result.stderr.startswith("error: sql failed: near \"SELEKT\"")
+
+
+def test_the_runs_note_on_empty_stop_reasons_shows_only_when_a_run_has_none(ledger, store):
+    store.start_run("run-a", "host", 1, "p1", "f1", {})
+    going = run_report(ledger, "runs")
+    assert going.rows[0][3] is None and "no stop reason" in going.note
+    store.stop_run("run-a", "done", 0, None, "no open job left")
+    assert run_report(ledger, "runs").note == ""

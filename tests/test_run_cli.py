@@ -218,6 +218,9 @@ def test_config_file_sets_defaults_and_options_win(ledger, store, ledger_path, t
     config.write_text(json.dumps({"models": [B], "concurrency": 2, "tries_per_model": 1}))
     limited = cli_run(sim, ledger_path, "--config", str(config), "--limit", "2")
     assert limited.returncode == 0, limited.stderr
+    # Two jobs are still open: the stop says the limit ended the run, not that nothing is left.
+    assert "--limit 2 reached" in limited.stdout + limited.stderr
+    assert "no open job left" not in limited.stdout + limited.stderr
     assert rows(ledger, "SELECT DISTINCT model_requested FROM attempts") == [(B,)]
     assert one(ledger, "SELECT COUNT(*) FROM acceptances") == 2
     recorded = json.loads(one(ledger, "SELECT config_json FROM runs"))
