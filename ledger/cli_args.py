@@ -50,7 +50,9 @@ def check_command_line(argv: Sequence[str], commands: type) -> None:
 
 
 def with_help_for_open_options(argv: Sequence[str], commands: type) -> list[str]:
-    """`simulate --help`: a command taking any --option (**options) would get help=True as one
+    """Help where fire would not give it. `cli.py --help` alone shows only the global options
+    (fire's help of the class), while `cli.py` lists the commands: the flag is dropped.
+    `simulate --help`: a command taking any --option (**options) would get help=True as one
     of them; fire shows its help for `simulate -- --help`, so the flag is moved there."""
     args = list(argv)
     if "--" in args:
@@ -66,6 +68,8 @@ def with_help_for_open_options(argv: Sequence[str], commands: type) -> list[str]
             command = token
     method = getattr(commands, command, None) if command else None
     asked = [a for a in args if a in HELP_FLAGS]
+    if asked and command is None:
+        return [a for a in args if a not in HELP_FLAGS]
     if asked and callable(method) and _takes_any_option(_parameters(method)):
         return [a for a in args if a not in HELP_FLAGS] + ["--", "--help"]
     return args

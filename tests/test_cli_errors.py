@@ -155,6 +155,16 @@ def test_every_spelling_fire_reads_still_works(tmp_path, args):
     assert _planned_count(db) == (0 if dry else 12)
 
 
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_alone_lists_the_commands(flag):
+    result = run_cli(flag, env={"PAGER": "cat"})
+    assert result.returncode == 0, result.stderr
+    shown = result.stdout + result.stderr
+    assert "COMMAND is one of the following" in shown
+    for command in ("plan", "run", "export", "report", "status", "verify"):
+        assert f"\n     {command}\n" in shown
+
+
 def test_help_of_a_command_taking_any_option():
     result = run_cli("simulate", "--help", env={"PAGER": "cat"})
     assert result.returncode == 0, result.stderr
