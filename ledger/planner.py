@@ -4,7 +4,8 @@ A job's identity is its natural key (L1, pattern, sentence pair, level, variant)
 `job_id`. Within a cell (one L1 x pattern) jobs are enumerated in a fixed order: every sentence
 pair once before any repeats, levels rotating so they split evenly, then variants (a new topic and
 persona for the same pair and level). Planning to a target tops the ledger up to exactly that many
-jobs in scope, filling the emptiest cells first, so planning twice adds nothing and planning
+jobs in scope, filling the emptiest cells first (ties going round the L1s, so no L1 gets the
+leftovers of a target that does not divide evenly), so planning twice adds nothing and planning
 1,000 then 1,200 adds the 200 that a plan of 1,200 would have had.
 """
 
@@ -137,8 +138,10 @@ def interleave(new_by_cell: Sequence[Sequence[PlannedJob]],
     return [job for same_fill in fills for job in same_fill]
 
 
-def water_fill(existing: Sequence[int], add: int) -> list[int]:
-    """Spread `add` new jobs so the emptiest cells fill first; ties go to earlier cells."""
+def water_fill(existing: Sequence[int], add: int,
+               tie_order: Sequence[int] | None = None) -> list[int]:
+    """Spread `add` new jobs so the emptiest cells fill first; ties go to the cells that come
+    first in `tie_order` (cell indexes; default: earlier cells first)."""
     if add <= 0:
         return [0] * len(existing)
     lo, hi = min(existing), max(existing) + add
@@ -150,13 +153,26 @@ def water_fill(existing: Sequence[int], add: int) -> list[int]:
             hi = mid - 1
     extra = [max(0, lo - e) for e in existing]
     left = add - sum(extra)
-    for i, e in enumerate(existing):
+    for i in (tie_order if tie_order is not None else range(len(existing))):
         if left == 0:
             break
-        if e + extra[i] == lo:
+        if existing[i] + extra[i] == lo:
             extra[i] += 1
             left -= 1
     return extra
+
+
+def across_l1s(cells: Sequence[tuple[L1, Pattern]]) -> list[int]:
+    """Cell indexes taking each L1's first cell, then each L1's second, and so on: the jobs
+    left over after every cell has its share go one L1 after another, not all to the first
+    L1's cells (a plan of 60 over 4 x 12 cells gave Spanish 24 jobs and every other L1 12)."""
+    rank: dict[str, int] = {}
+    keyed = []
+    for index, (l1, _pattern) in enumerate(cells):
+        nth = rank.get(l1.id, 0)
+        rank[l1.id] = nth + 1
+        keyed.append((nth, index))
+    return [index for _nth, index in sorted(keyed)]
 
 
 def make_plan(catalog: Catalog, target: int, cells: Sequence[tuple[L1, Pattern]],
@@ -169,7 +185,8 @@ def make_plan(catalog: Catalog, target: int, cells: Sequence[tuple[L1, Pattern]]
         raise UsageError("--target must be zero or more")
     existing = [len(existing_ids.get((l1.id, p.id), ())) for l1, p in cells]
     in_scope = sum(existing) + existing_outside_cells
-    adds = water_fill(existing, target - in_scope)
+    order = across_l1s(cells)
+    adds = water_fill(existing, target - in_scope, order)
     capacities = [cell_capacity(catalog, p, levels) for _l1, p in cells]
     for (l1, p), e, a, cap in zip(cells, existing, adds, capacities):
         if e + a > cap:
@@ -191,8 +208,11 @@ def make_plan(catalog: Catalog, target: int, cells: Sequence[tuple[L1, Pattern]]
                     if len(cell_jobs) == a:
                         break
         new_by_cell.append(cell_jobs)
+    # Within a fill level, too, the L1s take turns: a run stopped part-way through a level
+    # has every L1 about as far along.
     return Plan(target=target, existing_in_scope=in_scope, cells=tuple(plans),
-                jobs=tuple(interleave(new_by_cell, existing)))
+                jobs=tuple(interleave([new_by_cell[i] for i in order],
+                                      [existing[i] for i in order])))
 
 
 def plan_ledger(ledger: Ledger, catalog: Catalog, target: int, *,
