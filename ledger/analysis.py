@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import text
 
 from .db import Ledger
+from .importer import UNKNOWN
 from .reports import plain, reading_connection
 
 # Thresholds for the advice; the seed's set ran at 4.2 turns and 1.6 questions per dialogue.
@@ -205,7 +206,9 @@ def _progress_advice(a: Analysis) -> list[str]:
         line = f"{p.l1} has {short} fewer accepted than planned"
         steps = []
         if p.open:
-            steps.append(f"{p.open} open: run `python cli.py complete --target {a.planned}`")
+            # `run` takes exactly the open jobs; a `complete --target` from the ledger's job
+            # count would plan more wherever imports sit outside the plan's cells.
+            steps.append(f"{p.open} open: run `python cli.py run`")
         if p.failed:
             steps.append(f"{p.failed} failed: run `python cli.py run --retry-failed`")
         out.append(f"{line} ({'; '.join(steps)})" if steps else line)
@@ -217,9 +220,12 @@ def _balance_advice(a: Analysis) -> list[str]:
     if ratio is None or ratio >= BALANCED_RATIO or len(a.by_l1) < 2:
         return []
     most, least = a.by_l1[0], a.by_l1[-1]
-    return [f"L1s are unbalanced: {least.name} has {least.share:.0%} of the dialogues, "
-            f"{most.name} {most.share:.0%}; plan and run more {least.name} jobs "
-            f"(`python cli.py plan --l1 {least.name} --target N`)"]
+    line = (f"L1s are unbalanced: {least.name} has {least.share:.0%} of the dialogues, "
+            f"{most.name} {most.share:.0%}")
+    if least.name == UNKNOWN:  # imported without an L1: nothing a plan could add to
+        return [f"{line}; '{UNKNOWN}' holds imported dialogues that name no L1"]
+    return [f"{line}; plan and run more {least.name} jobs "
+            f"(`python cli.py plan --l1 {least.name} --target N`, then `python cli.py run`)"]
 
 
 def _coverage_advice(a: Analysis) -> list[str]:

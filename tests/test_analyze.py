@@ -50,8 +50,8 @@ def test_cost_acceptance_and_rejections_by_model_and_rule(filled):
 
 def test_recommendations_name_the_gap_and_the_command(filled):
     advice = analyze_ledger(filled).recommendations
-    assert ("korean has 2 fewer accepted than planned (1 open: run `python cli.py complete "
-            "--target 4`; 1 failed: run `python cli.py run --retry-failed`)") in advice
+    assert ("korean has 2 fewer accepted than planned (1 open: run `python cli.py run`; "
+            "1 failed: run `python cli.py run --retry-failed`)") in advice
     assert (f"model {DEAR} costs 1.8x as much per accepted dialogue as {CHEAP} "
             "($0.004000 vs $0.002200)") in advice
     assert "rule no_question rejects 50% of responses and cost $0.0017" in advice
@@ -153,6 +153,17 @@ def test_analyze_through_the_cli(dialogues_file, filled, ledger_path):
     assert json.loads(on_file.stdout)["dialogues"] == 3
     on_ledger = run_cli("analyze", "--db", str(ledger_path), timeout=60)
     assert on_ledger.returncode == 0, on_ledger.stderr
-    assert "python cli.py complete --target 4" in on_ledger.stdout
+    assert "open: run `python cli.py run`" in on_ledger.stdout
     bad = run_cli("analyze", "--format", "yaml", "--db", str(ledger_path), timeout=60)
     assert bad.returncode == 2 and "--format must be text or json" in bad.stderr
+
+
+def test_unbalance_from_imports_without_an_l1_suggests_no_plan_for_them():
+    from ledger.analysis import Analysis, Count, _balance_advice
+
+    a = Analysis(source="ledger", dialogues=10,
+                 by_l1=(Count("spanish", 9, 0.9), Count("unknown", 1, 0.1)), by_level=(),
+                 patterns_covered=1, patterns_total=1, cells_covered=1, cells_total=1,
+                 avg_turns=None, avg_tutor_questions=None)
+    (line,) = _balance_advice(a)
+    assert "plan --l1" not in line and "imported dialogues that name no L1" in line
