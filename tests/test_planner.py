@@ -209,15 +209,3 @@ def test_jobs_left_over_after_every_cell_has_its_share_go_round_the_l1s():
     assert sorted(Counter((c.l1, c.pattern) for c in plan.cells if c.add).values()) == [1] * 48
     assert sorted(c.add for c in plan.cells) == [1] * 36 + [2] * 12
 
-
-def test_a_run_stopped_part_way_has_every_l1_about_as_far_along():
-    """Runs claim in plan order: any prefix of the plan is balanced over the L1s to within one
-    job (within a fill level the L1s take turns; they used to come one after another)."""
-    catalog = load_catalog()
-    cells, levels = select_scope(catalog, None, None, None)
-    plan = make_plan(catalog, 200, cells, levels, {})
-    l1s = sorted({l1.id for l1, _p in cells})
-    for stop in (10, 30, 86, 131, 200):
-        counts = Counter(j.l1 for j in plan.jobs[:stop])
-        got = [counts.get(l1, 0) for l1 in l1s]
-        assert max(got) - min(got) <= 1, (stop, got)
