@@ -22,8 +22,8 @@ from ledger.errors import LedgerError, os_error_line
 def main(argv: list[str] | None = None) -> int:
     # fire keeps only the last of a repeated flag; `mix --anchor A --anchor B` means both.
     argv = merge_repeated_option(sys.argv[1:] if argv is None else argv, "--anchor")
-    argv = with_help_for_open_options(argv, commands.Commands)
     try:
+        argv = with_help_for_open_options(argv, commands.Commands)
         check_command_line(argv, commands.Commands)
         fire.Fire(commands.Commands, command=argv, name="cli.py")
     except LedgerError as exc:

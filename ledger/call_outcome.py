@@ -17,7 +17,9 @@ OK_200 = "ok"
 # HTTP 200 but unusable; all may be billed. length and content_filter keep their content so
 # the caller can record (and reject) what it paid for.
 FAILED_200 = ("length", "content_filter", "error_in_200", "no_choices", "malformed")
-# 404 and 405 are no OpenRouter chat answer: the URL has no chat endpoint (a wrong base URL).
+# 404: OpenRouter has no endpoint for this model ("No endpoints found for ..."), or, from a
+# wrong base URL, there is no chat API at all; 405 only the latter. The run loop tells them
+# apart by whether every model of a job's chain answers so.
 _STATUS_CLASSES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                    405: "not_found", 408: "timeout", 429: "rate_limited"}
 HTTP_ERRORS = (*_STATUS_CLASSES.values(), "credit_in_flight", "credit_exhausted", "server_error",
@@ -64,7 +66,7 @@ class CallOutcome:
 
     @property
     def halt_reason(self) -> str | None:
-        """"key", "credit" or "endpoint" when the whole run must stop, else None."""
+        """"key" or "credit" when the whole run must stop, else None."""
         return STOP_RUN.get(self.error_class)
 
 

@@ -10,7 +10,8 @@ parameters; otherwise one line says what it takes, and nothing has run.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .errors import UsageError
@@ -24,24 +25,18 @@ def check_command_line(argv: Sequence[str], commands: type) -> None:
     command: str | None = None
     params: list[inspect.Parameter] = []
     bare = 0
-    i = 0
-    while i < len(argv):
-        token = argv[i]
-        i += 1
+    for token, is_option in _tokens(argv):
         if token == "--" or token in HELP_FLAGS:
             return  # fire's own flags follow, or help is asked for: fire answers, runs nothing
-        if _is_option(token):
+        if is_option:
             if command is not None and not _takes_any_option(params):
                 _check_option(token, command, params)
-            if "=" not in token and i < len(argv) and not argv[i].startswith("--"):
-                i += 1  # its value, as fire reads it (a boolean option too: --quiet false)
             continue
         if command is None:
             command = token
-            method = getattr(commands, token, None)
-            if token.startswith("_") or not callable(method):
+            if not _is_command(commands, token):
                 return  # not a command: fire says so and runs nothing
-            params = _parameters(method)
+            params = _parameters(getattr(commands, token))
             continue
         bare += 1
         if bare > len([p for p in params if p.kind is not p.VAR_KEYWORD]):
@@ -50,56 +45,69 @@ def check_command_line(argv: Sequence[str], commands: type) -> None:
 
 
 def with_help_for_open_options(argv: Sequence[str], commands: type) -> list[str]:
-    """Help where fire would not give it. `cli.py --help` alone shows only the global options
-    (fire's help of the class), while `cli.py` lists the commands: the flag is dropped.
-    `simulate --help`: a command taking any --option (**options) would get help=True as one
-    of them; fire shows its help for `simulate -- --help`, so the flag is moved there."""
+    """Help, and only help, wherever a help flag is. fire shows a command's help for
+    `COMMAND -- --help` without running it, but with the flag elsewhere it may run the command
+    (`plan --target 7 --help` planned 7 jobs; `simulate --help` took help=True as one of its
+    open options); `cli.py --help` alone showed only the global options, where `cli.py` lists
+    the commands."""
     args = list(argv)
     if "--" in args:
         return args
-    i, command = 0, None
-    while i < len(args) and command is None:
-        token = args[i]
+    tokens = list(_tokens(args))
+    if not any(token in HELP_FLAGS for token, _ in tokens):
+        return args
+    command = next((token for token, is_option in tokens if not is_option), None)
+    if command is not None and _is_command(commands, command):
+        return [command, "--", "--help"]
+    return [token for token in args if token not in HELP_FLAGS]
+
+
+def _tokens(argv: Sequence[str]) -> Iterator[tuple[str, bool]]:
+    """(token, is it an option) for the options and words of a command line, an option's value
+    skipped the way fire reads it: the next word, unless the option has `=` or the next word
+    is an option itself (then it is a boolean). A help flag takes no value."""
+    i = 0
+    while i < len(argv):
+        token = argv[i]
         i += 1
+        if token == "--":
+            yield token, False
+            return
         if _is_option(token):
-            if "=" not in token and i < len(args) and not args[i].startswith("--"):
-                i += 1  # its value
-        else:
-            command = token
-    method = getattr(commands, command, None) if command else None
-    asked = [a for a in args if a in HELP_FLAGS]
-    if asked and command is None:
-        return [a for a in args if a not in HELP_FLAGS]
-    if asked and callable(method) and _takes_any_option(_parameters(method)):
-        return [a for a in args if a not in HELP_FLAGS] + ["--", "--help"]
-    return args
+            yield token, True
+            if token not in HELP_FLAGS and "=" not in token and i < len(argv) \
+                    and not _is_option(argv[i]):
+                i += 1
+            continue
+        yield token, False
 
 
 def _is_option(token: str) -> bool:
-    """--name, --name=value, and fire's one-letter -n (a negative number is a value)."""
-    if token.startswith("--"):
-        return True
-    return len(token) == 2 and token[0] == "-" and token[1].isalpha()
+    """fire's flags: --name, --name=value, -name and one-letter -n (a negative number is a
+    value, not a flag)."""
+    return token.startswith("--") or re.match(r"^-[a-zA-Z]", token) is not None
+
+
+def _is_command(commands: type, name: str) -> bool:
+    return not name.startswith("_") and inspect.isfunction(getattr(commands, name, None))
 
 
 def _check_option(token: str, command: str, params: list[inspect.Parameter]) -> None:
     names = {p.name for p in params if p.kind is not p.VAR_KEYWORD}
-    if token.startswith("--"):
-        name = _option_name(token)
-        if name in GLOBAL_OPTIONS or name in names or (
-                name.startswith("no") and name[2:] in names):  # --noquiet negates --quiet
-            return
-    else:  # fire takes -t for the one option starting with t
-        letter = token[1]
-        if len([n for n in (*names, *GLOBAL_OPTIONS) if n.startswith(letter)]) == 1:
-            return
+    name = _option_name(token)
+    if name in GLOBAL_OPTIONS or name in names or (
+            name.startswith("no") and name[2:] in names):  # --noquiet negates --quiet
+        return
+    if len(name) == 1 and len([n for n in (*names, *GLOBAL_OPTIONS)
+                               if n.startswith(name)]) == 1:
+        return  # fire takes -t for the one option starting with t
     raise UsageError(f"{command} has no option {token.split('=', 1)[0]}; it takes "
                      f"{_listing(params)} (see `python cli.py {command} --help`)")
 
 
 def _option_name(token: str) -> str:
-    """'--dry-run' -> 'dry_run'; '--target=5' -> 'target'."""
-    return token[2:].partition("=")[0].replace("-", "_")
+    """'--dry-run' -> 'dry_run'; '--target=5' -> 'target'; '-target' -> 'target'."""
+    return token.lstrip("-").partition("=")[0].replace("-", "_")
 
 
 def _parameters(method: Callable[..., Any]) -> list[inspect.Parameter]:

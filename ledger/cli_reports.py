@@ -34,9 +34,11 @@ class ReportCommands:
 
         from .importer import CatalogIds
 
-        ids = CatalogIds.of(self._catalog())  # type: ignore[attr-defined]
-        # L1 and pattern ids are stored lower case ("Spanish" is spanish), as export reads them.
-        filters = Filters(l1=tuple(ids.l1(x) for x in names(l1, "--l1") or ()),
+        chosen_l1 = names(l1, "--l1") or ()
+        # L1 and pattern ids are stored lower case ("Spanish" is spanish), as export reads them;
+        # the catalog (its L1 aliases) is read only when an L1 is named.
+        ids = CatalogIds.of(self._catalog()) if chosen_l1 else None  # type: ignore[attr-defined]
+        filters = Filters(l1=tuple(ids.l1(x) for x in chosen_l1) if ids else (),
                           pattern=tuple(p.lower() for p in names(pattern, "--pattern") or ()),
                           model=tuple(names(model, "--model") or ()),
                           since=parse_since(since))

@@ -113,10 +113,18 @@ def _refuse_other_databases(cur: sqlite3.Cursor, engine: Engine) -> None:
     A PostgreSQL database is often shared, so there a ledger may join other tables."""
     tables = [r[0] for r in cur.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
-    if tables and "alembic_version" not in tables:
-        shown = ", ".join(tables[:3]) + (", ..." if len(tables) > 3 else "")
-        raise DatabaseError(f"{_where(engine)} is not a ledger (it holds other tables: "
-                            f"{shown}); pass --db a new file or an existing ledger")
+    present = set(tables)
+    if not tables or {"alembic_version", "jobs", "ledger_totals"} <= present:
+        return
+    if present == {"alembic_version"}:
+        # A ledger downgraded to base keeps alembic's version table, empty or at one of ours;
+        # another program that keeps its schema with alembic has a version of its own.
+        version = cur.execute("SELECT version_num FROM alembic_version").fetchone()
+        if version is None or version[0] in known_revisions():
+            return
+    shown = ", ".join(tables[:3]) + (", ..." if len(tables) > 3 else "")
+    raise DatabaseError(f"{_where(engine)} is not a ledger (it holds other tables: {shown}); "
+                        "pass --db a new file or an existing ledger")
 
 
 def _install_sqlite_settings(engine: Engine) -> None:

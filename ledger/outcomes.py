@@ -11,7 +11,7 @@ from .records import OutcomeRecord, VerdictRecord
 
 
 def halt_reason(outcome: CallOutcome) -> str | None:
-    """'key', 'credit' or 'endpoint' when the whole run must stop, else None.
+    """'key' or 'credit' when the whole run must stop, else None.
 
     An in-flight-budget 402 is worth waiting for only when the server says how long: without a
     usable Retry-After it is not a wait-and-retry case, and retrying could bill past the limit.

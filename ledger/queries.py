@@ -347,11 +347,15 @@ def _model_history_sql() -> Any:
     def listed(classes: frozenset[str]) -> str:
         return ", ".join(f"'{c}'" for c in sorted(classes))
 
+    # A 404 does not use a model up for good: it may have come from a wrong base URL (the run
+    # stopped on it, the job left open), and asking again costs nothing.
+    used_up = NEXT_MODEL - {"not_found"}
+
     return text(f"""
 SELECT a.model_requested,
        SUM(CASE WHEN o.error_class IN ({listed(RETRYABLE)}) THEN 1 ELSE 0 END),
        SUM(CASE WHEN v.passed = 0 THEN 1 ELSE 0 END),
-       SUM(CASE WHEN o.error_class IN ({listed(NEXT_MODEL)}) THEN 1 ELSE 0 END)
+       SUM(CASE WHEN o.error_class IN ({listed(used_up)}) THEN 1 ELSE 0 END)
 FROM attempts a
 JOIN attempt_outcomes o ON o.attempt_id = a.attempt_id
 LEFT JOIN verdicts v ON v.attempt_id = a.attempt_id AND v.filter_version = :fv

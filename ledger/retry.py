@@ -27,10 +27,10 @@ RETRYABLE = frozenset({
 })
 
 # Permanent for this prompt on this model: another model in the chain may still do.
-NEXT_MODEL = frozenset({"bad_request", "forbidden"})
+NEXT_MODEL = frozenset({"bad_request", "forbidden", "not_found"})
 
 # Outcome class -> halt reason. These cannot get better by trying any model.
-STOP_RUN = {"unauthorized": "key", "credit_exhausted": "credit", "not_found": "endpoint"}
+STOP_RUN = {"unauthorized": "key", "credit_exhausted": "credit"}
 
 # Past this many doublings every sensible cap is reached; bounding the walk keeps a huge
 # try number from costing a long loop.

@@ -186,10 +186,12 @@ class Runner:
         # Outcomes still queued for the writer are committed before the run's stop is.
         self.store.flush()
         reason = self.halt.reason or "done"
-        message = self.halt.message or (
-            f"--limit {self.config.limit} reached: {self._claimed_total} job(s) taken; run "
-            "again for more" if self.config.limit is not None
-            and self._claimed_total >= self.config.limit else "no open job left")
+        message = self.halt.message or "no open job left"
+        if (not self.halt.message and self.config.limit is not None
+                and self._claimed_total >= self.config.limit
+                and queries.open_job_count(self.ledger)):
+            message = (f"--limit {self.config.limit} reached: {self._claimed_total} job(s) "
+                       "taken; run again for more")
         if reason == "done" and self._budget_skipped:
             reason = "budget"
             message = (f"budget of ${self.config.budget_usd:.6f} reached for the fallback models: "
@@ -325,6 +327,17 @@ class Runner:
             walk.on_model = False
         if any(r.endswith(": budget") for r in walk.reasons):
             return False  # a model was out of budget, not out of luck: left open for later
+        if len(walk.reasons) == len(models) and all(r.endswith(": not_found")
+                                                     for r in walk.reasons):
+            # One model without endpoints is the next model's turn; every model of the chain
+            # answering 404 is a base URL with no chat API behind it (or --models all wrong):
+            # nothing to do with this job, which stays open.
+            self.halt.stop("endpoint", f"every model of the chain answered HTTP 404 at "
+                           f"{self.client.base_url}/chat/completions: no chat API at that URL, "
+                           "or none of the models is served there; check --base-url (or "
+                           "OPENROUTER_BASE_URL: the API's root, e.g. https://openrouter.ai/api/v1)"
+                           " and --models; the jobs stay open")
+            return False
         self.store.fail_job(walk.job.job_id, self.run_id, walk.reasons)
         self._count(failed_jobs=1)
         return True
@@ -503,11 +516,6 @@ class Runner:
         if reason == "key":
             self.halt.stop("key", "the API key was rejected (HTTP 401); set a valid "
                            "OPENROUTER_API_KEY and run again")
-        elif reason == "endpoint":
-            self.halt.stop("endpoint", f"{self.client.base_url}/chat/completions answered HTTP "
-                           f"{outcome.http_status}: no chat API at that URL; pass --base-url "
-                           "(or set OPENROUTER_BASE_URL to) the API's root, e.g. "
-                           "https://openrouter.ai/api/v1; the jobs stay open")
         else:
             detail = outcome.message or "credit exhausted"
             self.halt.stop("credit", f"out of credit (HTTP 402, {outcome.limit_source or 'no limit_source'}): "

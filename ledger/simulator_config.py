@@ -23,7 +23,7 @@ FAULT_TOKENS: Mapping[str, str] = MappingProxyType(
     }
 )
 SCRIPT_TOKENS = frozenset(
-    {"ok", "401", "402_credits", "402_key", "429_date", "429_nohdr", "429_garbage"}
+    {"ok", "401", "402_credits", "402_key", "404_model", "429_date", "429_nohdr", "429_garbage"}
     | set(FAULT_TOKENS.values())
 )
 _RETRY_AFTER_FORMS = ("seconds", "date", "missing", "garbage")

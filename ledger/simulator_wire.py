@@ -95,6 +95,8 @@ _STATIC_REJECTIONS = {
     "402_credits": Reply(402, error_body(
         402, "This request requires more credits, or fewer max_tokens. "
         "Add credits at https://openrouter.ai/settings/credits", {"limit_source": "openrouter_credits"})),
+    # OpenRouter's answer for a model no provider serves (retired, or a :free variant gone).
+    "404_model": Reply(404, error_body(404, "No endpoints found for this model.")),
     "402_key": Reply(402, error_body(
         402, "Key limit exceeded. Raise this key's limit at https://openrouter.ai/settings/keys",
         {"limit_source": "openrouter_key_limit"})),

@@ -127,6 +127,8 @@ def _planned_count(db: Path) -> int:
     (["plan", "--targt", "100"], "plan has no option --targt"),
     (["plan", "--target", "30", "--pattern", "negation_error"], "--patterns"),
     (["plan", "--target=30", "-x", "1"], "plan has no option -x"),
+    (["plan", "-targt", "100"], "plan has no option -targt"),  # fire reads -name as --name
+    (["plan", "--dry-run", "-z", "5"], "plan has no option -z"),
     (["plan", "30", "spanish", "negation_error", "beginner", "no", "extra"], "'extra'"),
 ])
 def test_an_option_the_command_does_not_take_stops_it_before_it_runs(tmp_path, args, needle):
@@ -145,6 +147,7 @@ def test_a_word_too_many_stops_a_command_before_it_runs(tmp_path):
 
 @pytest.mark.parametrize("args", [
     ["--target", "12", "--dry-run"], ["--target=12", "--nodry-run"], ["-t", "12"],
+    ["-target", "12"],
     ["12", "--l1=spanish,korean"], ["--target", "12", "--dry-run", "False"],
 ])
 def test_every_spelling_fire_reads_still_works(tmp_path, args):
@@ -153,6 +156,17 @@ def test_every_spelling_fire_reads_still_works(tmp_path, args):
     assert result.returncode == 0, result.stderr
     dry = "--dry-run" in args and "False" not in args
     assert _planned_count(db) == (0 if dry else 12)
+
+
+@pytest.mark.parametrize("args", [["--help", "plan"], ["-h", "plan"],
+                                  ["plan", "--target", "7", "--help"],
+                                  ["--db", "x.db", "-h", "run"]])
+def test_help_anywhere_shows_help_and_runs_nothing(tmp_path, args):
+    db = tmp_path / "l.db"
+    result = run_cli(*args, env={"PAGER": "cat", "LEDGER_DB": str(db)}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "NAME" in result.stdout + result.stderr
+    assert list(tmp_path.iterdir()) == []  # no ledger planned, created or run
 
 
 @pytest.mark.parametrize("flag", ["--help", "-h"])
@@ -180,11 +194,14 @@ def test_a_sqlite_file_of_something_else_is_refused_and_left_as_it_was(tmp_path,
     conn = sqlite3.connect(other)
     conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
     conn.execute("INSERT INTO customers (name) VALUES ('Ana')")
+    # Another program that keeps its schema with alembic too: its version table is no ledger.
+    conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+    conn.execute("INSERT INTO alembic_version VALUES ('ae1027a6acf')")
     conn.commit()
     conn.close()
     before = other.read_bytes()
     _one_line_error(run_cli(*command, "--db", str(other), cwd=tmp_path), "is not a ledger",
-                    "customers")
+                    "alembic_version, customers")
     assert other.read_bytes() == before  # no ledger tables, still in rollback-journal mode
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shop.db"]
 

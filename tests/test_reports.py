@@ -127,6 +127,15 @@ def test_filter_values_are_bound_not_spliced_into_the_sql(cli, filled, ledger_pa
     assert f"no job in the ledger has --pattern {hostile!r}" in result.stderr
 
 
+def test_report_sql_binds_filter_values(ledger, store):
+    """Below the CLI's check: the report's own query binds a hostile value, matching nothing."""
+    hostile = "x') or 1=1 --"
+    build_scenario(store)
+    assert run_report(ledger, "coverage", Filters(pattern=(hostile,))).rows == ()
+    assert run_report(ledger, "costs", Filters(l1=(hostile,))).rows == ()
+    assert run_report(ledger, "coverage").rows  # the same report, unfiltered, has rows
+
+
 def test_a_filter_value_no_job_has_is_named_with_the_values_there_are(cli, filled):
     typo = cli("report", "costs-by-l1", "--l1", "klingon", "--db", filled)
     assert typo.returncode == 2 and "Traceback" not in typo.stderr

@@ -175,14 +175,39 @@ def test_a_base_url_without_a_chat_api_stops_the_run_and_fails_no_job(
     done = run_cli("run", "--quiet", "--concurrency", "2",
                    env={**env(sim, ledger_path), "OPENROUTER_BASE_URL": wrong})
     assert done.returncode == 2, (done.stdout, done.stderr)
-    assert "/wrong/path/chat/completions answered HTTP 404" in done.stderr
+    assert "every model of the chain answered HTTP 404 at" in done.stderr
+    assert "/wrong/path/chat/completions" in done.stderr
     assert "--base-url" in done.stderr and "the jobs stay open" in done.stderr
-    assert sim.stats()["requests"] <= 2  # the two workers' first requests, then the stop
+    assert sim.stats()["requests"] <= 2 * 3  # two workers, each one job's chain of 3 models
     assert rows(ledger, "SELECT reason, exit_code FROM run_stops") == [("endpoint", 2)]
     assert one(ledger, "SELECT COUNT(*) FROM job_state WHERE state = 'open'") == 10
     right = cli_run(sim, ledger_path)
     assert right.returncode == 0, right.stderr
     assert one(ledger, "SELECT COUNT(*) FROM acceptances") == 10
+
+
+def test_a_limit_that_takes_the_last_jobs_says_none_is_left(ledger, store, ledger_path,
+                                                            start_sim) -> None:
+    store.plan_jobs(make_jobs(2))
+    sim = start_sim()
+    done = cli_run(sim, ledger_path, "--limit", "2")
+    assert done.returncode == 0, done.stderr
+    assert "no open job left" in done.stdout + done.stderr
+    assert "--limit 2 reached" not in done.stdout + done.stderr
+
+
+def test_one_model_without_endpoints_passes_its_job_to_the_next_model(
+        ledger, store, ledger_path, start_sim) -> None:
+    """OpenRouter answers 404 for a model no provider serves; the chain goes on."""
+    store.plan_jobs(make_jobs(3))
+    sim = start_sim()
+    sim.script(["404_model"])
+    done = cli_run(sim, ledger_path, "--concurrency", "1")
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert one(ledger, "SELECT COUNT(*) FROM acceptances") == 3
+    assert rows(ledger, "SELECT a.chain_position, o.error_class FROM attempts a JOIN "
+                        "attempt_outcomes o USING (attempt_id) ORDER BY a.attempt_id")[:2] == [
+        (0, "not_found"), (1, "ok")]
 
 
 def test_budget_holds_across_restarts(ledger, store, ledger_path, start_sim) -> None:

@@ -390,8 +390,10 @@ def test_in_flight_seconds_integrate_requests_over_time() -> None:
         assert sim.stats()["in_flight_s"] == after_burst
         assert post(sim).status_code == 200 and post(sim).status_code == 200
         total = sim.stats()["in_flight_s"]
-    assert 4 * 0.15 <= after_burst < 4 * 0.15 + 0.2
-    assert 6 * 0.15 <= total < 6 * 0.15 + 0.3
+    # Lower bounds are exact (each request sleeps its latency); the upper ones leave room for
+    # a loaded machine waking the sleepers late.
+    assert 4 * 0.15 <= after_burst < 4 * 0.15 + 1.0
+    assert 6 * 0.15 <= total < 6 * 0.15 + 1.5
 
 
 def test_256_keep_alive_connections_each_waiting() -> None:
