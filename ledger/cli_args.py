@@ -39,7 +39,7 @@ def check_command_line(argv: Sequence[str], commands: type) -> None:
             params = _parameters(getattr(commands, token))
             continue
         bare += 1
-        if bare > len([p for p in params if p.kind is not p.VAR_KEYWORD]):
+        if bare > len(_named(params)):
             raise UsageError(f"{command} takes no argument {token!r} here; it takes "
                              f"{_listing(params)} (see `python cli.py {command} --help`)")
 
@@ -93,7 +93,7 @@ def _is_command(commands: type, name: str) -> bool:
 
 
 def _check_option(token: str, command: str, params: list[inspect.Parameter]) -> None:
-    names = {p.name for p in params if p.kind is not p.VAR_KEYWORD}
+    names = set(_named(params))
     name = _option_name(token)
     if name in GLOBAL_OPTIONS or name in names or (
             name.startswith("no") and name[2:] in names):  # --noquiet negates --quiet
@@ -118,6 +118,11 @@ def _takes_any_option(params: list[inspect.Parameter]) -> bool:
     return any(p.kind is p.VAR_KEYWORD for p in params)
 
 
+def _named(params: list[inspect.Parameter]) -> list[str]:
+    """The command's own parameters, in order: each an --option, or a word in its place."""
+    return [p.name for p in params if p.kind is not p.VAR_KEYWORD]
+
+
 def _listing(params: list[inspect.Parameter]) -> str:
-    names = [f"--{p.name.replace('_', '-')}" for p in params if p.kind is not p.VAR_KEYWORD]
+    names = [f"--{name.replace('_', '-')}" for name in _named(params)]
     return ", ".join(names) if names else "no options"

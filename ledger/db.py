@@ -293,6 +293,12 @@ def _where(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=True)
 
 
+def _no_ledger(engine: Engine) -> DatabaseError:
+    """A database that is there but holds no ledger, for a command that does not start one."""
+    return DatabaseError(f"{_where(engine)} holds no ledger; run `python cli.py plan` first or "
+                         "pass --db")
+
+
 def _current_revision(conn) -> str | None:  # type: ignore[no-untyped-def]
     if not inspect(conn).has_table("alembic_version"):
         return None
@@ -312,8 +318,7 @@ def migrate(engine: Engine, *, quiet: bool = False, existing: bool = False) -> N
     if current == head:
         return
     if current is None and existing:
-        raise DatabaseError(f"{_where(engine)} holds no ledger; run `python cli.py plan` first "
-                            "or pass --db")
+        raise _no_ledger(engine)
     from alembic import command
 
     with write_connection(engine) as conn:
@@ -350,8 +355,7 @@ def open_ledger(db: str | None = None, *, create: bool = True, readonly: bool = 
             with engine.connect() as conn:
                 current = _current_revision(conn)
             if current is None:
-                raise DatabaseError(f"{_display(url)} holds no ledger; run `python cli.py plan` "
-                                    "first")
+                raise _no_ledger(engine)
         elif create:
             migrate(engine, existing=existing)
     except SADatabaseError as exc:

@@ -335,8 +335,8 @@ class Runner:
             self.halt.stop("endpoint", f"every model of the chain answered HTTP 404 at "
                            f"{self.client.base_url}/chat/completions: no chat API at that URL, "
                            "or none of the models is served there; check --base-url (or "
-                           "OPENROUTER_BASE_URL: the API's root, e.g. https://openrouter.ai/api/v1)"
-                           " and --models; the jobs stay open")
+                           "OPENROUTER_BASE_URL: the API's root, e.g. "
+                           "https://openrouter.ai/api/v1) and --models; the jobs stay open")
             return False
         self.store.fail_job(walk.job.job_id, self.run_id, walk.reasons)
         self._count(failed_jobs=1)
