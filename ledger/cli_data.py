@@ -162,6 +162,7 @@ class DataCommands:
         exits with the run's code: run the same command again to resume.
         """
         from .commands import Exit, integer, names
+        from .db import refuse_ledger_target
         from .export import check_format, export_dialogues, export_text
         from .launch import run
         from .planner import plan_ledger
@@ -178,6 +179,7 @@ class DataCommands:
             budget_usd=budget_usd)
         ledger = self._open()  # type: ignore[attr-defined]
         try:
+            refuse_ledger_target(ledger, path)  # before any spend, not after the run
             plan = plan_ledger(ledger, catalog, target)
             print(plan_text(plan, dry_run=False), flush=True)
             launch = run(ledger, cfg, base_url=base_url or file_base_url, quiet=bool(quiet))

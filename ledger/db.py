@@ -22,7 +22,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.exc import DatabaseError as SADatabaseError
 from sqlalchemy.pool import NullPool
 
-from .errors import DatabaseError, SchemaTooNewError
+from .errors import DatabaseError, SchemaTooNewError, UsageError
 
 DEFAULT_DB = "ledger.db"
 BUSY_TIMEOUT_MS = 30_000
@@ -236,6 +236,40 @@ class Ledger:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def ledger_files(ledger: Ledger) -> list[Path]:
+    """The files a SQLite ledger lives in (the database, its -wal, -shm and -journal); none
+    for a server database."""
+    if ledger.dialect != "sqlite":
+        return []
+    name = unquote(str(make_url(ledger.url).database or "").removeprefix("file:"))
+    if not name or name == ":memory:":
+        return []
+    base = Path(name).expanduser().resolve()
+    return [base] + [base.with_name(base.name + suffix) for suffix in ("-wal", "-shm",
+                                                                         "-journal")]
+
+
+def refuse_ledger_target(ledger: Ledger, target: str | os.PathLike[str]) -> None:
+    """An output file (export, mix, HTML report) must not be the ledger itself: replacing
+    the database file with the output would destroy the ledger. Compared after resolving
+    links, and by inode where both exist (a hard link)."""
+    out = Path(target).expanduser()
+    try:
+        resolved = out.resolve()
+    except OSError:
+        return  # check_target names what is wrong with the path
+    for own in ledger_files(ledger):
+        same = resolved == own
+        if not same and own.exists() and out.exists():
+            try:
+                same = os.path.samefile(out, own)
+            except OSError:
+                same = False
+        if same:
+            raise UsageError(f"{target} is the ledger's own file ({own.name}); writing there "
+                             "would destroy the ledger: choose another --out path")
 
 
 def _alembic_config(connection=None):  # type: ignore[no-untyped-def]

@@ -28,7 +28,7 @@ from sqlalchemy.engine import make_url
 from . import __version__
 from .atomic import (AtomicWriter, BackgroundWriter, atomic_write, check_target,
                      write_bytes_atomic, written_behind)
-from .db import BUSY_TIMEOUT_MS, Ledger
+from .db import BUSY_TIMEOUT_MS, Ledger, refuse_ledger_target
 from .errors import UsageError
 from .export_lines import Encoded, format_lines, json_string
 from .export_rows import (ACCEPTED_COLUMNS, ACCEPTED_SQL, BATCH_ROWS, ExportFilters, RowRange,
@@ -218,6 +218,7 @@ def export_dialogues(ledger: Ledger, out: str | Path, fmt: str = "messages",
     check_format(fmt)
     path = Path(out)
     check_target(path, force)
+    refuse_ledger_target(ledger, path)
     started = time.perf_counter()
     with atomic_write(path, overwrite=force) as sink, written_behind(sink) as pipe:
         done = (_write_sqlite_lines(ledger, fmt, filters, pipe, split_min_rows, path.parent)

@@ -17,7 +17,7 @@ from xml.sax.saxutils import escape, quoteattr
 from sqlalchemy.engine import make_url
 
 from .atomic import check_target, write_bytes_atomic
-from .db import Ledger
+from .db import Ledger, refuse_ledger_target
 from .records import utc_now
 from .reports import Filters, Rows, report_spec, run_report
 
@@ -40,6 +40,7 @@ def write_html_report(ledger: Ledger, path: str, filters: Filters = Filters(), *
     is replaced only with `overwrite` (--force), as with exports."""
     target = Path(path)
     check_target(target, overwrite)  # before the page is rendered
+    refuse_ledger_target(ledger, target)
     page = html_page(ledger, filters).encode("utf-8")
     write_bytes_atomic(target, page, overwrite=overwrite)
     return len(page)

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 
 from . import __version__
 from .atomic import atomic_write, check_target
-from .db import Ledger
+from .db import Ledger, refuse_ledger_target
 from .errors import UsageError
 from .export import accepted_rows, check_format, ledger_display, manifest_path_for, write_manifest
 from .export_lines import encode_line, row_messages, shaped
@@ -169,6 +169,7 @@ def mix_dataset(ledger: Ledger, anchors: Sequence[str | Path], share: float, out
         raise UsageError("pass at least one --anchor FILE.jsonl of general chat data")
     path = Path(out)
     check_target(path, force)
+    refuse_ledger_target(ledger, path)
     warnings = [warning] if warning else []
     scaffold, source = _scaffold_lines(ledger, fmt)
     if not scaffold:

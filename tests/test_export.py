@@ -178,6 +178,37 @@ def test_an_existing_file_is_kept_without_force(small_db: Path, tmp_path: Path) 
     assert len(lines_of(out)) == 40
 
 
+def test_an_output_naming_the_ledger_itself_is_refused_and_the_ledger_kept(
+        small_db: Path, tmp_path: Path) -> None:
+    """`export --out ledger.db --force` (and report --html, mix, complete) replaced the ledger
+    file with the export: every event was gone and the next command said "not a SQLite
+    database"."""
+    import shutil
+
+    db = tmp_path / "ledger.db"
+    shutil.copy(small_db, db)
+    (tmp_path / "anchors.jsonl").write_text(
+        '{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"}]}\n')
+    before = db.read_bytes()
+    os.link(db, tmp_path / "hard.db")
+    for command in (["export", "--out", str(db), "--force"],
+                    ["export", "--out", str(tmp_path / "sub" / ".." / "ledger.db"), "--force"],
+                    ["export", "--out", str(tmp_path / "hard.db"), "--force"],
+                    ["export", "--out", str(db) + "-wal", "--force"],
+                    ["report", "--html", str(db), "--force"],
+                    ["mix", "--anchor", str(tmp_path / "anchors.jsonl"), "--out", str(db),
+                     "--force"],
+                    ["complete", "--target", "60", "--out", str(db)]):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        done = run_cli("--db", str(db), *command, timeout=60,
+                       env={"OPENROUTER_API_KEY": "x",
+                            "OPENROUTER_BASE_URL": "http://127.0.0.1:9/api/v1"})
+        assert done.returncode == 2, (command, done.stdout, done.stderr)
+        assert "the ledger's own file" in done.stderr, command
+        assert db.read_bytes() == before, command
+    assert query(db, "SELECT COUNT(*) FROM acceptances")[0][0] == 40
+
+
 def test_files_are_private_and_no_temp_file_remains(small_db: Path, tmp_path: Path) -> None:
     out = tmp_path / "train.jsonl"
     export(small_db, out)
