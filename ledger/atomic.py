@@ -149,9 +149,15 @@ def check_target(target: Path, overwrite: bool) -> None:
             raise UsageError(f"directory {target.parent} does not exist (or is a file); create "
                              "it first")
         exists = target.exists()
+        # A pipe, a device or a link to one (/dev/stdout, /dev/null) cannot be written by
+        # renaming a file over it: the rename would replace the node itself (as root, /dev's).
+        special = exists and not target.is_file()
     except OSError as exc:  # a name too long, a loop of links, a path not searchable
         raise UsageError(f"cannot use {target}: {exc.strerror or exc}; choose another "
                          "path") from None
+    if special:
+        raise UsageError(f"{target} is not a regular file (a device, pipe or socket); the output "
+                         "is written to a file and renamed into place: pass a file path")
     if exists and not overwrite:
         raise UsageError(f"{target} exists; pass --force to replace it")
 

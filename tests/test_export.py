@@ -209,6 +209,27 @@ def test_an_output_naming_the_ledger_itself_is_refused_and_the_ledger_kept(
     assert query(db, "SELECT COUNT(*) FROM acceptances")[0][0] == 40
 
 
+def test_a_pipe_or_device_as_out_is_refused_not_replaced_by_a_file(small_db: Path,
+                                                                   tmp_path: Path) -> None:
+    """`export --out /dev/stdout --force` (or a named pipe) renamed the temp file over the
+    node: as root, /dev/stdout became a regular file for every later process, and a reader
+    on the pipe never got a byte."""
+    fifo = tmp_path / "train.fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "null"  # a link to a device, as /dev/stdout is on a terminal
+    link.symlink_to(os.devnull)
+    for out in (fifo, link):
+        for force in (False, True):
+            with pytest.raises(UsageError, match="not a regular file"):
+                export(small_db, out, force=force)
+    assert fifo.is_fifo() and link.is_symlink()
+    assert os.readlink(link) == os.devnull
+    done = run_cli("--db", str(small_db), "export", "--out", str(fifo), "--force", timeout=60)
+    assert done.returncode == 2 and "not a regular file" in done.stderr
+    assert fifo.is_fifo()
+    assert not (tmp_path / "train.fifo.manifest.json").exists()
+
+
 def test_files_are_private_and_no_temp_file_remains(small_db: Path, tmp_path: Path) -> None:
     out = tmp_path / "train.jsonl"
     export(small_db, out)
