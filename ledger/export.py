@@ -13,6 +13,7 @@ Formats:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -81,14 +82,19 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
-def _accepted_statement(filters: ExportFilters) -> tuple[Any, dict[str, list[str]]]:
+def _accepted_statement(filters: ExportFilters, head_seq: int | None = None
+                        ) -> tuple[Any, dict[str, Any]]:
     clauses, params = [], {}
     for column, name, values in filter_clauses(filters):
         clauses.append(" OR ".join(f"{c} IN :{name}" for c in column.split("|")))
         params[name] = list(values)
+    if head_seq is not None:  # the acceptances a snapshot at head_seq saw (see RowRange)
+        clauses.append("acc.seq <= :head_seq")
+        params["head_seq"] = int(head_seq)
     stmt = text(ACCEPTED_SQL.format(select=ACCEPTED_COLUMNS, where=where_sql(clauses)))
-    if params:
-        stmt = stmt.bindparams(*(bindparam(name, expanding=True) for name in params))
+    lists = [name for name, value in params.items() if isinstance(value, list)]
+    if lists:
+        stmt = stmt.bindparams(*(bindparam(name, expanding=True) for name in lists))
     return stmt, params
 
 
@@ -192,6 +198,45 @@ def _write_batches(fmt: str, batches: Iterable[Sequence[Sequence[Any]]],
     """Rows as returned by accepted_rows, formatted in Python."""
     enc = Encoded()
     return write_all(batches, lambda rows: format_lines(fmt, rows, enc), sink, 7, 6)
+
+
+class _Digest:
+    """A sink that only hashes and counts what is written."""
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+        self.bytes_written = 0
+
+    def write(self, data: bytes) -> None:
+        self._sha.update(data)
+        self.bytes_written += len(data)
+
+    @property
+    def sha256(self) -> str:
+        return self._sha.hexdigest()
+
+
+def export_sha256(ledger: Ledger, fmt: str, filters: ExportFilters, head_seq: int
+                  ) -> tuple[str, int]:
+    """The SHA-256 and line count of the export the ledger gave at `head_seq`: events are
+    append-only, so the acceptances with seq <= head_seq (and everything they join to) are
+    the rows that export read, on any connection and at any later time."""
+    check_format(fmt)
+    sink = _Digest()
+    with ledger.engine.connect() as conn, conn.begin():
+        if ledger.dialect == "sqlite":
+            sql, values = sqlite_statement(filters, rows=RowRange(int(head_seq)))
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.execute(sql, values)
+                written = _write_batches(fmt, cursor_batches(cursor), sink)
+            finally:
+                cursor.close()
+        else:
+            stmt, params = _accepted_statement(filters, head_seq)
+            written = _write_batches(fmt, conn.execute(stmt, params).partitions(BATCH_ROWS),
+                                     sink)
+    return sink.sha256, written.count
 
 
 def manifest_path_for(path: Path) -> Path:

@@ -138,7 +138,30 @@ def check_manifest(ledger: Ledger, manifest_path: str) -> Check:
         return Check("export manifest", False, f"the manifest's ledger position (seq {seq}) is "
                      "not in this ledger's chain: exported from another ledger, or the ledger "
                      "was altered")
+    if "filters" in manifest and "anchors" not in manifest:  # an export's, not a mix's
+        content = _export_content_check(ledger, manifest, seq, digest, data_file.name)
+        if content is not None:
+            return content
     return Check("export manifest", True, f"{lines} lines match; exported at event seq {seq}")
+
+
+def _export_content_check(ledger: Ledger, manifest: dict, seq: int, digest: str,
+                          name: str) -> Check | None:
+    """A failed Check when the file is not the export the ledger gives at `seq` with the
+    manifest's format and filters (a file edited and its manifest's sha256 updated to
+    match); None when it is."""
+    from .export import FORMATS, ExportFilters, export_sha256
+
+    fmt, filters = manifest.get("format"), manifest.get("filters")
+    if fmt not in FORMATS or not isinstance(filters, dict):
+        return Check("export manifest", False, f"the manifest names no known format and "
+                     f"filters (format {fmt!r}): it was not written by export")
+    expected, count = export_sha256(ledger, fmt, ExportFilters.from_dict(filters), seq)
+    if expected != digest:
+        return Check("export manifest", False, f"{name} is not what the ledger exports at seq "
+                     f"{seq} ({count} lines, sha256 {expected[:16]}): its lines were changed "
+                     "and its manifest with them")
+    return None
 
 
 def _chain_has(ledger: Ledger, seq: int, head: object) -> bool:

@@ -230,6 +230,52 @@ def test_a_pipe_or_device_as_out_is_refused_not_replaced_by_a_file(small_db: Pat
     assert not (tmp_path / "train.fifo.manifest.json").exists()
 
 
+def test_verify_compares_an_export_with_the_ledger_not_only_with_its_manifest(
+        small_db: Path, tmp_path: Path) -> None:
+    """An export whose lines were edited (a dialogue changed, a line duplicated over another)
+    and whose manifest's sha256 was updated to match verified as 'ok ... lines match': verify
+    --manifest never compared the file with what the ledger exports at that position."""
+    import hashlib
+    import shutil
+
+    from bench.build_ledger import _accept_all
+    from conftest import make_jobs
+    from ledger.store import Store
+
+    db = tmp_path / "ledger.db"
+    shutil.copy(small_db, db)
+    outs = []
+    for fmt, options in (("messages", {}), ("sharegpt", {"l1": "korean,Arabic"}),
+                         ("chatml", {"level": "beginner"})):
+        out = tmp_path / f"{fmt}.jsonl"
+        export(db, out, format=fmt, **options)
+        outs.append(out)
+    # The ledger moves on after the exports: they must still verify at their own position.
+    ledger = open_ledger(str(db))
+    store = Store(ledger)
+    jobs = make_jobs(3, l1="korean")
+    store.plan_jobs(jobs)
+    _accept_all(store, jobs)
+    store.rebuild_projections()  # as build_accepted_ledger does
+    store.close()
+    ledger.dispose()
+    for out in outs:
+        done = run_cli("--db", str(db), "verify", "--manifest", f"{out}.manifest.json",
+                       timeout=60)
+        assert done.returncode == 0 and "FAIL" not in done.stdout, done.stdout
+    for out in outs:
+        lines = out.read_bytes().split(b"\n")
+        lines[1] = lines[0]
+        out.write_bytes(b"\n".join(lines))
+        manifest_file = Path(f"{out}.manifest.json")
+        manifest = json.loads(manifest_file.read_text())
+        manifest["sha256"] = hashlib.sha256(out.read_bytes()).hexdigest()
+        manifest_file.write_text(json.dumps(manifest))
+        done = run_cli("--db", str(db), "verify", "--manifest", str(manifest_file), timeout=60)
+        assert done.returncode == 1, done.stdout
+        assert f"FAIL export manifest: {out.name} is not what the ledger exports" in done.stdout
+
+
 def test_files_are_private_and_no_temp_file_remains(small_db: Path, tmp_path: Path) -> None:
     out = tmp_path / "train.jsonl"
     export(small_db, out)
