@@ -31,6 +31,9 @@ __all__ = ["ERROR_CLASSES", "CallOutcome", "OpenRouterClient", "classify", "pars
 
 MESSAGE_MAX_CHARS = 500
 REDACTED = "[redacted]"
+# A key at least this long cannot occur in a model's text by chance: it is removed wherever it
+# appears, even inside other characters. A real OpenRouter key is about 73 characters.
+_SUBSTRING_KEY_MIN_CHARS = 16
 # Whatever key a server echoes (ours is removed exactly; these catch partial or other keys).
 _SECRET_PATTERNS = re.compile(r"(?i)\bbearer\s+\S+|\bsk-or-[A-Za-z0-9_-]+")
 
@@ -60,6 +63,12 @@ class OpenRouterClient:
                              "https://openrouter.ai/api/v1")
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
+        # A short placeholder key for a local server ("x", "test", "EMPTY") is also ordinary
+        # text: replaced wherever it occurs, "x" turned every '"text"' of every answer into
+        # '"te[redacted]t"', and every answer was rejected as unparseable. Such a key is
+        # redacted only where it stands alone, not inside a word.
+        self._key_pattern = (re.compile(r"(?<![\w-])" + re.escape(api_key) + r"(?![\w-])")
+                             if api_key and len(api_key) < _SUBSTRING_KEY_MIN_CHARS else None)
         self._timeout = (connect_timeout_s, timeout_s)
         self._urllib3_timeout = urllib3.Timeout(connect=connect_timeout_s, read=timeout_s)
         self._chat_url = self.base_url + "/chat/completions"
@@ -319,6 +328,8 @@ class OpenRouterClient:
 
     def _clean(self, text: str | None) -> str | None:
         if text and self._api_key and self._api_key in text:
+            if self._key_pattern is not None:
+                return self._key_pattern.sub(REDACTED, text)
             return text.replace(self._api_key, REDACTED)
         return text
 

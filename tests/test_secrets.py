@@ -202,3 +202,41 @@ def test_a_full_run_and_export_hold_no_key_and_are_owner_only(tmp_path: Path,
     for side in (tmp_path / "ledger.db-wal", tmp_path / "ledger.db-shm"):
         if side.exists():  # SQLite gives its side files the database file's mode
             assert mode(side) & 0o077 == 0, side
+
+
+def test_a_short_placeholder_key_does_not_corrupt_the_answers(tmp_path: Path) -> None:
+    """With OPENROUTER_API_KEY=x (a local server's placeholder key) the key was replaced
+    wherever it occurred in an answer: every '"text"' key became '"te[redacted]t"', every
+    answer was rejected as unparseable and every job failed after paying for all its tries.
+    A short key is still redacted where it stands alone."""
+    from ledger.client import OpenRouterClient
+
+    sim = Simulator(SimConfig.from_kwargs(api_key="x", latency_ms=1, seed=5))
+    sim.start()
+    try:
+        db = tmp_path / "ledger.db"
+        env = {"OPENROUTER_API_KEY": "x", "OPENROUTER_BASE_URL": sim.base_url,
+               "LEDGER_DB": str(db)}
+        assert run_cli("plan", "--target", "8", env=env).returncode == 0
+        done = run_cli("run", "--concurrency", "2", env=env)
+        assert done.returncode == 0, done.stderr
+    finally:
+        sim.stop()
+    ledger = open_ledger(str(db), readonly=True)
+    try:
+        with ledger.engine.connect() as conn:
+            rejected = conn.exec_driver_sql(
+                "SELECT COUNT(*) FROM verdicts WHERE reasons_json LIKE '%unparseable%'").scalar()
+            accepted = conn.exec_driver_sql("SELECT COUNT(*) FROM acceptances").scalar()
+            mangled = conn.exec_driver_sql(
+                "SELECT COUNT(*) FROM attempt_outcomes WHERE content LIKE '%[redacted]%'"
+            ).scalar()
+    finally:
+        ledger.dispose()
+    assert (accepted, rejected, mangled) == (8, 0, 0)
+    client = OpenRouterClient("http://127.0.0.1:9/api/v1", "x")
+    assert client._clean("Bearer x; the text is 2 x 3") == "Bearer [redacted]; the text is 2 " \
+                                                            "[redacted] 3"
+    long_key = "sk-or-v1-" + "ab" * 32
+    assert client._clean("Bearer x") and OpenRouterClient(
+        "http://127.0.0.1:9/api/v1", long_key)._clean(f"k={long_key}z") == "k=[redacted]z"
