@@ -66,7 +66,8 @@ class OpenRouterClient:
         # A short placeholder key for a local server ("x", "test", "EMPTY") is also ordinary
         # text: replaced wherever it occurs, "x" turned every '"text"' of every answer into
         # '"te[redacted]t"', and every answer was rejected as unparseable. Such a key is
-        # redacted only where it stands alone, not inside a word.
+        # redacted from messages and ids only where it stands alone, and never from the
+        # model's text, where "test" or "none" are words of the dialogue, not a secret.
         self._key_pattern = (re.compile(r"(?<![\w-])" + re.escape(api_key) + r"(?![\w-])")
                              if api_key and len(api_key) < _SUBSTRING_KEY_MIN_CHARS else None)
         self._timeout = (connect_timeout_s, timeout_s)
@@ -179,7 +180,7 @@ class OpenRouterClient:
             completion_tokens=as_int(usage.get("completion_tokens")),
             cost_usd=as_number(usage.get("cost")),
             finish_reason=clean(as_str(choice.get("finish_reason"))),
-            content=clean(choice_content(choice)),
+            content=self._clean_text(choice_content(choice)),
             latency_ms=latency_ms,
         )
 
@@ -332,6 +333,11 @@ class OpenRouterClient:
                 return self._key_pattern.sub(REDACTED, text)
             return text.replace(self._api_key, REDACTED)
         return text
+
+    def _clean_text(self, text: str | None) -> str | None:
+        """The model's answer: a real key is removed wherever it appears; a placeholder key
+        (see __init__) is left, as the words it spells are the dialogue's."""
+        return text if self._key_pattern is not None else self._clean(text)
 
     def _one_line(self, text: str) -> str:
         scrubbed = _SECRET_PATTERNS.sub(REDACTED, self._clean(text) or "")

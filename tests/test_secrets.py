@@ -237,6 +237,10 @@ def test_a_short_placeholder_key_does_not_corrupt_the_answers(tmp_path: Path) ->
     client = OpenRouterClient("http://127.0.0.1:9/api/v1", "x")
     assert client._clean("Bearer x; the text is 2 x 3") == "Bearer [redacted]; the text is 2 " \
                                                             "[redacted] 3"
+    # The model's own words are the dialogue: a placeholder key leaves them as they are.
+    assert client._clean_text("Let's do 2 x 3 first, then a test.") == \
+        "Let's do 2 x 3 first, then a test."
     long_key = "sk-or-v1-" + "ab" * 32
-    assert client._clean("Bearer x") and OpenRouterClient(
-        "http://127.0.0.1:9/api/v1", long_key)._clean(f"k={long_key}z") == "k=[redacted]z"
+    real = OpenRouterClient("http://127.0.0.1:9/api/v1", long_key)
+    assert real._clean(f"k={long_key}z") == "k=[redacted]z"
+    assert real._clean_text(f"the key is {long_key}.") == "the key is [redacted]."
