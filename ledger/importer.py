@@ -4,7 +4,8 @@ A line holds one dialogue as `messages` ([{role, content}]), `conversations` ([{
 ShareGPT) or `text` (ChatML, or a "Student: ... / Tutor: ..." transcript), with optional `l1`,
 `error_type` and `level` fields. Each dialogue becomes a job with source 'import' whose id is a
 hash of its turns, so importing a file twice (or the same dialogue in another format) adds
-nothing. The job gets one attempt (model 'import', no run, no cost) whose content is the original
+nothing; nor does a line of this ledger's own export (its job_id and attempt_id name an attempt
+the ledger accepted, with the same dialogue). The job gets one attempt (model 'import', no run, no cost) whose content is the original
 line, an outcome, a verdict under the current filter and, when that passes, the acceptance; the
 file gets one `imports` event. All of it is one transaction: a file is imported whole or not at
 all. Lines that are not JSON or hold no dialogue are skipped and reported by line number.
@@ -24,12 +25,14 @@ from typing import Any
 from . import schema
 from .catalog import Catalog
 from .db import Ledger
-from .dialogue import ASSISTANT, USER, Unparseable, canonical_role, parse_dialogue, to_messages
+from .dialogue import (ASSISTANT, USER, Turn, Unparseable, canonical_role, parse_dialogue,
+                       to_messages)
 from .errors import UsageError
 from .filters import FilterConfig, Verdict, judge
 from .prompts import TUTOR_SYSTEM_MESSAGE
 from .records import PlannedJob, utc_now
 from .store import Store, append_new_jobs
+from .tx import Tx
 
 IMPORT_MODEL = "import"
 UNKNOWN = "unknown"
@@ -174,6 +177,9 @@ class ImportItem:
     model: str | None
     verdict: Verdict
     messages_json: str
+    # The (job_id, attempt_id) an export of a ledger gives each line: when this ledger
+    # accepted that attempt with the same dialogue, the line is its own export coming back.
+    origin: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -206,13 +212,7 @@ def item_from_line(line_no: int, line: str, ids: CatalogIds,
         raise NoDialogue(f"not JSON ({exc.msg} at column {exc.colno})") from None
     messages = read_messages(obj, line)
     system = next((m["content"] for m in messages if m["role"] == "system"), None)
-    chat = [{"role": m["role"], "content": m["content"]} for m in messages
-            if m["role"] != "system"]
-    content = json.dumps(chat, ensure_ascii=False)
-    try:
-        turns = parse_dialogue(content)
-    except Unparseable as exc:
-        raise NoDialogue(f"no dialogue ({exc})") from None
+    content, turns = _dialogue_of(messages)
     learner = [t.content for t in turns if t.role == USER]
     if not learner or not any(t.role == ASSISTANT for t in turns):
         raise NoDialogue("a dialogue needs a learner (user) turn and a tutor (assistant) turn")
@@ -236,7 +236,45 @@ def item_from_line(line_no: int, line: str, ids: CatalogIds,
     except UnicodeEncodeError:
         raise NoDialogue("holds text that is not valid Unicode (an unpaired surrogate "
                          "escape)") from None
-    return ImportItem(line_no, job, line, model, verdict, messages_json)
+    origin = (obj["job_id"], obj["attempt_id"]) if isinstance(obj.get("job_id"), str) \
+        and type(obj.get("attempt_id")) is int else None
+    return ImportItem(line_no, job, line, model, verdict, messages_json, origin)
+
+
+def _dialogue_of(messages: Sequence[Mapping[str, str]]) -> tuple[str, tuple[Turn, ...]]:
+    """The dialogue's turns without the system message, and their JSON as parsed."""
+    chat = [{"role": m["role"], "content": m["content"]} for m in messages
+            if m["role"] != "system"]
+    content = json.dumps(chat, ensure_ascii=False)
+    try:
+        return content, tuple(parse_dialogue(content))
+    except Unparseable as exc:
+        raise NoDialogue(f"no dialogue ({exc})") from None
+
+
+def _exported_here(tx: Tx, items: Sequence[ImportItem]) -> set[str]:
+    """Import ids of the items that are this ledger's own accepted dialogues: the line names
+    an attempt this ledger accepted for that job, and the ledger's stored dialogue is the
+    line's (another ledger planned from the same catalog has the same job ids, not the same
+    dialogues)."""
+    by_attempt = {i.origin[1]: i for i in items if i.origin is not None}
+    ids = list(by_attempt)
+    found: set[str] = set()
+    chunk = 500  # stay under every driver's bound-parameter limit
+    for start in range(0, len(ids), chunk):
+        part = ids[start:start + chunk]
+        tx.execute(tx.sql.accepted_messages_in(len(part)), tuple(part))
+        for job_id, attempt_id, messages_json in tx.cur.fetchall():
+            item = by_attempt[attempt_id]
+            if item.origin != (job_id, attempt_id) or not messages_json:
+                continue
+            try:
+                turns = _dialogue_of(json.loads(messages_json))[1]
+            except (ValueError, TypeError, KeyError, NoDialogue):
+                continue  # not a dialogue the ledger could have exported
+            if import_job_id([(t.role, t.content) for t in turns]) == item.job.job_id:
+                found.add(item.job.job_id)
+    return found
 
 
 @dataclass(frozen=True)
@@ -305,7 +343,9 @@ def append_import(store: Store, parsed: ParsedFile) -> tuple[ImportItem, ...]:
     the items that were new. Nothing is written when nothing is new."""
     with store.transaction() as tx:
         now = utc_now()
-        new_ids = {j.job_id for j in append_new_jobs(tx, [i.job for i in parsed.items], now)}
+        own = _exported_here(tx, parsed.items)
+        new_ids = {j.job_id for j in append_new_jobs(
+            tx, [i.job for i in parsed.items if i.job.job_id not in own], now)}
         fresh = tuple(i for i in parsed.items if i.job.job_id in new_ids)
         if not fresh:
             return ()

@@ -139,6 +139,13 @@ class Statements:
     def job_ids_in(self, n: int) -> str:
         return self._translate(f"SELECT job_id FROM jobs WHERE job_id IN ({', '.join('?' * n)})")
 
+    def accepted_messages_in(self, n: int) -> str:
+        """job_id, attempt_id and stored messages of the accepted attempts among n ids."""
+        return self._translate(
+            "SELECT acc.job_id, acc.attempt_id, v.messages_json FROM acceptances acc "
+            "JOIN verdicts v ON v.verdict_id = acc.verdict_id "
+            f"WHERE acc.attempt_id IN ({', '.join('?' * n)})")
+
     def claimed_in(self, n: int) -> str:
         return self._translate(
             f"SELECT {CLAIMED_COLUMNS} FROM jobs j JOIN job_state s ON s.job_id = j.job_id "

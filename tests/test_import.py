@@ -238,3 +238,51 @@ def test_unusable_files_are_usage_errors(ledger_path: Path, tmp_path: Path) -> N
         getattr(cli, "import")(str(surrogate))
     assert head_seq(ledger_path) == 0
 
+
+
+def test_importing_this_ledgers_own_export_adds_nothing(ledger_path: Path,
+                                                        tmp_path: Path) -> None:
+    """Every line of an export names its job and accepted attempt: imported back into the
+    ledger that made it, each dialogue counted again as a new job, and the next export held
+    it twice. A line whose dialogue differs from the ledger's (edited, or another ledger's
+    with the same job ids) is still a new dialogue."""
+    from ledger.launch import run
+    from ledger.runconfig import RunConfig
+    from ledger.simulator import Simulator
+    from ledger.simulator_config import SimConfig
+
+    led = open_ledger(str(ledger_path))
+    sim = Simulator(SimConfig.from_kwargs(api_key="sk-test-import-key-0123456789",
+                                          latency_ms=1, seed=3))
+    sim.start()
+    try:
+        plan_ledger(led, load_catalog(), 12)
+        launch = run(led, RunConfig(concurrency=2), base_url=sim.base_url, quiet=True,
+                     api_key="sk-test-import-key-0123456789")
+        assert launch.result.stats.accepted == 12
+    finally:
+        sim.stop()
+        led.dispose()
+    cli = Commands(db=str(ledger_path))
+    for fmt in ("messages", "sharegpt", "chatml"):
+        out = tmp_path / f"own.{fmt}.jsonl"
+        cli.export(out=str(out), format=fmt)
+        led = open_ledger(str(ledger_path))
+        try:
+            result = import_file(led, out, load_catalog())
+        finally:
+            led.dispose()
+        assert (len(result.imported), result.already) == (0, 12), fmt
+    assert rows(ledger_path, "SELECT COUNT(*), COUNT(DISTINCT source) FROM jobs") == [(12, 1)]
+
+    lines = [json.loads(x) for x in (tmp_path / "own.messages.jsonl").read_text().splitlines()]
+    lines[0]["messages"][-1]["content"] += " Shall we try another one?"  # an edited dialogue
+    lines[1]["job_id"] = lines[2]["job_id"]  # an attempt that is not that job's
+    changed = write(tmp_path / "changed.jsonl", [json.dumps(x) for x in lines[:3]])
+    led = open_ledger(str(ledger_path))
+    try:
+        result = import_file(led, changed, load_catalog())
+    finally:
+        led.dispose()
+    assert (len(result.imported), result.already) == (2, 1)
+    assert rows(ledger_path, "SELECT COUNT(*) FROM jobs WHERE source = 'import'") == [(2,)]
