@@ -192,7 +192,14 @@ def _with_advice(a: Analysis) -> Analysis:
     if a.orphans_may_be_billed:
         advice.append(f"{a.orphans_may_be_billed} attempt(s) have no outcome and may have been "
                       "billed: see `python cli.py report orphans`")
-    if not advice:
+    if not advice and not a.dialogues:
+        # Nothing measured is not "balanced, covered and complete".
+        advice.append("no dialogue to analyze: " + (
+            "plan and run first (`python cli.py plan`, then `python cli.py run`)"
+            if a.planned is not None else
+            f"{a.lines_skipped} line(s) skipped, none with messages or conversations"
+            if a.lines_skipped else "the file is empty"))
+    elif not advice:
         advice.append("nothing to do: the set is balanced, covered and complete")
     return replace(a, recommendations=tuple(advice))
 

@@ -65,7 +65,20 @@ def test_an_empty_ledger_has_nothing_to_report_but_says_so(ledger):
     a = analyze_ledger(ledger)
     assert (a.dialogues, a.planned, a.avg_turns, a.balance) == (0, 0, None, None)
     text = analysis_text(a)
-    assert "0 dialogues" in text and "nothing to do" in text
+    # An empty set is not "balanced, covered and complete": the advice says what to do.
+    assert "0 dialogues" in text and "nothing to do" not in text
+    assert a.recommendations == ("no dialogue to analyze: plan and run first "
+                                 "(`python cli.py plan`, then `python cli.py run`)",)
+
+
+def test_a_file_without_dialogues_says_so(tmp_path):
+    empty, junk = tmp_path / "empty.jsonl", tmp_path / "junk.jsonl"
+    empty.write_text("")
+    junk.write_text('not json\n{"prompt": "hi"}\n')
+    assert analyze_jsonl(str(empty)).recommendations == (
+        "no dialogue to analyze: the file is empty",)
+    assert analyze_jsonl(str(junk)).recommendations == (
+        "no dialogue to analyze: 2 line(s) skipped, none with messages or conversations",)
 
 
 def test_text_and_json_output(filled):
