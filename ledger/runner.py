@@ -510,6 +510,12 @@ class Runner:
             completion = (estimate_prompt_tokens([{"content": outcome.content}])
                           if outcome.content else self.config.max_tokens)
             return price.cost(prompt_tokens, completion), "estimate"
+        if outcome.error_class == "timeout" and outcome.http_status is None:
+            # No answer came back in time: the provider may go on generating and bill it
+            # (shared/reference/openrouter.md, Idempotency). Counted at its maximum, as its
+            # reservation was, so that neither the budget nor the spend takes a possibly billed
+            # generation for free (a 408 is an answer: the server declined the request).
+            return price.cost(prompt_tokens, self.config.max_tokens), "estimate"
         return 0.0, "none"
 
     def _halt_for(self, reason: str, outcome: CallOutcome) -> None:

@@ -541,3 +541,27 @@ def test_budget_stops_only_when_the_cheapest_model_no_longer_fits(ledger, store,
     requests = sim.stats()["requests"]
     again = go(ledger, sim, models=(A, B), rejections_per_model=2, budget_usd=0.0006)
     assert again.exit_code == 4 and sim.stats()["requests"] == requests
+
+
+def test_a_timed_out_request_counts_against_the_budget(ledger, store, start_sim) -> None:
+    """A request whose answer never arrived may still be billed (shared/reference/openrouter.md:
+    'A request whose response never arrived (crash, timeout) may have been billed'): the
+    simulator bills a hung generation when it completes, as a provider would. Recorded as free,
+    a timeout gave its reservation back, the run spent the budget again on other jobs, and the
+    bill ended above --budget-usd while the ledger's spend stayed below the bill."""
+    store.plan_jobs(make_jobs(12))
+    sim = start_sim(hang_s=0.6)
+    sim.script(["hang", "hang", "hang"])
+    prices = prices_for(ledger)
+    budget = 0.00045
+    config = RunConfig(**FAST, concurrency=3, budget_usd=budget)
+    with OpenRouterClient(sim.base_url, KEY, timeout_s=0.3) as client:
+        runner = Runner(ledger, client, prices, config)
+        runner.start([])
+        result = runner.run()
+    time.sleep(1.0)  # the hung generations complete and are billed
+    billed = sim.stats()["billed_usd"]
+    timeouts = [a for a in attempts(ledger) if a.error_class == "timeout"]
+    assert len(timeouts) == 3 and result.reason == "budget"
+    assert billed <= budget + 1e-12, f"billed ${billed:.7f} past a ${budget} budget"
+    assert spend(ledger) >= billed - 1e-12, "the ledger's spend is below what was billed"
