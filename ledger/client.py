@@ -61,6 +61,13 @@ class OpenRouterClient:
         if not host:
             raise UsageError(f"the API base URL {base_url!r} names no host, e.g. "
                              "https://openrouter.ai/api/v1")
+        bad = next((i for i, ch in enumerate(api_key) if not " " <= ch <= "~"), None)
+        if bad is not None:
+            # Said without the key: a pasted curly quote or line break would otherwise end in
+            # a traceback (http.client cannot encode it) or in "cannot reach" the API.
+            raise UsageError(f"OPENROUTER_API_KEY holds a character an HTTP header cannot carry "
+                             f"(U+{ord(api_key[bad]):04X} at position {bad + 1}: a curly quote or "
+                             "a line break pasted with it?); set the key again, plain ASCII")
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
         # A short placeholder key for a local server ("x", "test", "EMPTY") is also ordinary

@@ -288,3 +288,18 @@ def test_a_config_file_number_that_is_not_finite_is_refused(tmp_path, setting):
                             env={"OPENROUTER_API_KEY": "sk-or-unused",
                                  "OPENROUTER_BASE_URL": "http://127.0.0.1:9/api/v1"}),
                     "must be a finite number")
+
+
+@pytest.mark.parametrize("command", [("run",), ("prices", "--refresh")])
+@pytest.mark.parametrize("secret", ["\u2018sk-or-v1-CANARY0123456789abcdef\u2019",
+                                    "sk-or-v1-CANARY01234\n56789abcdef"])
+def test_a_key_pasted_with_a_curly_quote_or_line_break(tmp_path, command, secret):
+    """A key copied with its typographic quotes ended in a UnicodeEncodeError traceback (exit
+    1); one with a line break in it said the API could not be reached. Either way: one line
+    that names the problem and not the key, and no request."""
+    db = str(tmp_path / "l.db")
+    assert run_cli("plan", "--target", "2", "--db", db).returncode == 0
+    result = run_cli(*command, "--db", db, env={"OPENROUTER_API_KEY": secret,
+                                                "OPENROUTER_BASE_URL": "http://127.0.0.1:1/api/v1"})
+    _one_line_error(result, "OPENROUTER_API_KEY", "HTTP header")
+    assert "CANARY" not in result.stderr + result.stdout
