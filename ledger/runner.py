@@ -216,12 +216,26 @@ class Runner:
                 want = min(want, self.config.limit - self._claimed_total)
             claimed = (self.store.claim(self.run_id, want, time.time(), self.config.lease_s)
                        if want > 0 else [])
+            if not claimed and want > 0 and self._bury_dead_runs():
+                # A run on this host that died while this one worked held the last open
+                # jobs: without this, the run would end "done" with those jobs still open.
+                claimed = self.store.claim(self.run_id, want, time.time(), self.config.lease_s)
             if not claimed:
                 self._exhausted = True
             self._claimed_total += len(claimed)
             self._queue.extend(claimed)
             self._held.update(j.job_id for j in claimed)
         return self._queue.pop(0) if self._queue else None
+
+    def _bury_dead_runs(self) -> bool:
+        """Record runs of this host whose process is gone as died and free their leases;
+        True when there were any."""
+        host = socket.gethostname()
+        dead = [run_id for run_id, run_host, pid in queries.unfinished_runs(self.ledger)
+                if run_host == host and run_id != self.run_id and pid != os.getpid()
+                and not is_process_alive(pid)]
+        self.store.bury_dead_runs(self.run_id, dead)
+        return bool(dead)
 
     def _next_walk(self) -> _Walk | None:
         """The job to work on next: one whose backoff has run out first, else a fresh one;

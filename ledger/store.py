@@ -215,14 +215,16 @@ class Store:
         their leases are released so their jobs come back at once."""
         now = utc_now()
         with self.transaction() as tx:
-            for dead in dead_runs:
-                if tx.run("run_stopped", (dead,)).scalar():
-                    continue  # another run found it dead first
-                tx.append(schema.run_stops, (dead, now, "died", -9, None,
-                                             f"process gone; found by run {run_id}"))
-                tx.run("release_run_leases", (dead,))
+            _bury(tx, run_id, dead_runs, now)
             tx.append(schema.runs, (run_id, now, host, pid, prompt_version, filter_version,
                                     json.dumps(config, sort_keys=True)))
+
+    def bury_dead_runs(self, run_id: str, dead_runs: Sequence[str]) -> None:
+        """What start_run does for runs found dead, for a run already going: a run that died
+        while this one worked still holds leases on open jobs."""
+        if dead_runs:
+            with self.transaction() as tx:
+                _bury(tx, run_id, dead_runs, utc_now())
 
     def stop_run(self, run_id: str, reason: str, exit_code: int, limit_source: str | None,
                  message: str | None) -> None:
@@ -345,6 +347,15 @@ class Store:
             tx.head_seq, tx.head_hash = row[0] or 0, row[1] or schema.GENESIS_HASH
             tx.next_id, tx.spend_usd = row[2] or 1, float(row[3] or 0.0)
             tx.dirty = True
+
+
+def _bury(tx: Tx, run_id: str, dead_runs: Sequence[str], now: str) -> None:
+    for dead in dead_runs:
+        if tx.run("run_stopped", (dead,)).scalar():
+            continue  # another run found it dead first
+        tx.append(schema.run_stops, (dead, now, "died", -9, None,
+                                     f"process gone; found by run {run_id}"))
+        tx.run("release_run_leases", (dead,))
 
 
 def _set_references(conn: Connection, on: bool) -> bool:

@@ -208,3 +208,32 @@ def test_opening_the_ledger_twice_in_one_process_keeps_its_wal_safe_from_other_p
     with first.engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT COUNT(*) FROM jobs").scalar() == 6
     first.dispose()
+
+
+def test_a_run_takes_over_the_jobs_of_a_run_that_died_beside_it(tmp_path: Path) -> None:
+    """Two runs on one ledger; one is killed -9 while the other works. The survivor used to end
+    'done (exit 0): no open job left' with the dead run's leased jobs still open (until a
+    later `run` or the 15-minute lease expiry): now, out of jobs, it records the dead run as
+    died, frees its leases and finishes its jobs."""
+    ledger_path = planned_ledger(tmp_path / "ledger.db", 80)
+    server = Simulator(SimConfig.from_kwargs(latency_ms=200, seed=5))
+    server.start()
+    try:
+        doomed = start_run(server, ledger_path, concurrency=4)
+        deadline = time.monotonic() + 60
+        while not (ledger_path.exists() and query(
+                ledger_path, "SELECT COUNT(*) FROM acceptances")[0][0] >= 4):
+            assert time.monotonic() < deadline and doomed.poll() is None
+            time.sleep(0.05)
+        survivor = start_run(server, ledger_path, concurrency=1)
+        time.sleep(1.5)  # the survivor has started and claimed its first jobs
+        doomed.kill()
+        doomed.communicate(timeout=30)
+        (out,) = finish_runs([survivor])
+    finally:
+        server.stop()
+    assert "no open job left" in out
+    assert query(ledger_path, "SELECT state, COUNT(*) FROM job_state GROUP BY state") == [
+        ("accepted", 80)]
+    assert query(ledger_path, "SELECT reason FROM run_stops ORDER BY seq") == [
+        ("died",), ("done",)]
