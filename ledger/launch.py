@@ -4,9 +4,12 @@ found and their jobs freed, a progress bar, and a summary that says why the run 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 import threading
+from contextlib import contextmanager
+from typing import Iterator
 from dataclasses import dataclass
 
 from . import queries
@@ -17,7 +20,7 @@ from .pricing import PriceBook, estimate_prompt_tokens, price_book, prices_from_
 from .prompts import PromptInput, render_messages
 from .render import table, usd
 from .runconfig import RunConfig
-from .runner import Runner, RunResult, is_process_alive
+from .runner import Runner, RunResult, Terminated, is_process_alive
 
 DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
 KEY_ENV = "OPENROUTER_API_KEY"
@@ -122,14 +125,34 @@ def run(ledger: Ledger, config: RunConfig, *, base_url: str | None = None,
         progress = _Progress(open_jobs if config.limit is None else min(open_jobs, config.limit),
                              quiet)
         runner._on_progress = progress
-        runner.start(dead_runs_here(ledger))
-        try:
-            result = runner.run()
-        finally:
-            progress.close()
+        with _sigterm_stops_like_ctrl_c():
+            runner.start(dead_runs_here(ledger))
+            try:
+                result = runner.run()
+            finally:
+                progress.close()
     if runner.crash is not None:
         raise runner.crash
     return Launch(result, summary_text(result, note))
+
+
+@contextmanager
+def _sigterm_stops_like_ctrl_c() -> Iterator[None]:
+    """While a run goes, SIGTERM raises Terminated (a KeyboardInterrupt) in the main thread:
+    the run stops cleanly, its requests in flight recorded, exit 130. Left at the default,
+    it killed the process like kill -9 and every answer in flight went unrecorded."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(_signum: int, _frame: object) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def summary_text(result: RunResult, note: str | None = None) -> str:

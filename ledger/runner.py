@@ -49,6 +49,11 @@ WAIT_CAUSES = ("429/402 pause", "rpm spacing", "backoff, nothing else to send",
 _HALT_RANK = {"endpoint": 5, "key": 4, "credit": 3, "budget": 2, "interrupted": 1}
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, `timeout`, `docker stop`, systemd) while a run is going: the same clean
+    stop as Ctrl-C, so the requests in flight are recorded instead of abandoned."""
+
+
 @dataclass
 class RunStats:
     accepted: int = 0
@@ -169,8 +174,9 @@ class Runner:
             for t in threads:
                 while t.is_alive():
                     t.join(0.2)
-        except KeyboardInterrupt:
-            self.halt.stop("interrupted", "interrupted by Ctrl-C")
+        except KeyboardInterrupt as exc:
+            self.halt.stop("interrupted", "interrupted by SIGTERM" if isinstance(exc, Terminated)
+                           else "interrupted by Ctrl-C")
             for t in threads:  # in-flight requests finish and are recorded
                 t.join()
         for since in self._out_of_work:

@@ -189,3 +189,28 @@ def test_ctrl_c_stops_gracefully_with_exit_130(planned: Path, sim: Simulator) ->
     assert sent == sim.stats()["requests"]
     assert query(ledger_path, "SELECT COUNT(*) FROM job_state WHERE lease_owner IS NOT NULL") \
         == [(0,)]
+
+
+def test_sigterm_stops_like_ctrl_c(planned: Path, sim: Simulator) -> None:
+    """`kill PID`, `timeout`, `docker stop` and systemd send SIGTERM. It used to kill the run on
+    the spot (exit -15, no stop recorded): every request in flight was billed and left as
+    'outcome unknown'. Now it stops the run as Ctrl-C does."""
+    ledger_path = planned
+    proc = start_run(sim, ledger_path)
+    try:
+        wait_for(lambda: len(accepted(ledger_path)) >= 4)
+        wait_for(lambda: sim.stats()["in_flight"] > 0, timeout=5)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted by SIGTERM" in out + err
+    assert query(ledger_path, "SELECT reason, exit_code FROM run_stops") == [("interrupted", 130)]
+    assert query(ledger_path, "SELECT COUNT(*) FROM open_attempts") == [(0,)]
+    sent = query(ledger_path, "SELECT COUNT(*) FROM attempt_outcomes "
+                              "WHERE error_class != 'not_sent'")[0][0]
+    assert sent == sim.stats()["requests"]
+    billed = query(ledger_path, "SELECT spend_usd FROM ledger_totals")[0][0]
+    assert billed == pytest.approx(sim.stats()["billed_usd"], abs=1e-12)
