@@ -206,8 +206,11 @@ class OpenRouterClient:
     def _failure(self, exc: Exception,
                  response: urllib3.BaseHTTPResponse | Response | None,
                  started: float) -> CallOutcome:
-        if isinstance(exc, urllib3.exceptions.NewConnectionError):
-            error_class = "connection_error"  # refused or unresolvable, not slow
+        if isinstance(exc, (urllib3.exceptions.NewConnectionError,
+                            urllib3.exceptions.ConnectTimeoutError)):
+            # Refused, unresolvable or no answer to connect: the request never left (a
+            # "timeout" is a request that left and may be billed; see Runner._cost).
+            error_class = "connection_error"
         elif isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError)):
             error_class = "timeout"
         elif isinstance(exc, (urllib3.exceptions.DecodeError, ContentEncodingError)):

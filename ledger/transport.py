@@ -118,7 +118,12 @@ class ChatConnection:
             self.close()
         try:
             if self._sock is None:
-                self._connect()
+                try:
+                    self._connect()
+                except TimeoutError as exc:
+                    # Nothing was sent: not a request that may have been billed (a read
+                    # timeout), so not TimeoutError either.
+                    raise ConnectionError(f"connecting timed out ({exc})") from exc
             assert self._sock is not None
             self._sock.sendall(b"%s%d\r\n\r\n%s" % (self._head, len(body), body))
             return self._read_head()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import socket
 import threading
 import time
 import traceback
@@ -715,3 +716,32 @@ def test_through_a_proxy_chat_calls_go_to_the_proxy(server, monkeypatch):
         outcome = chat_once(server, client, Reply(200, completion()))
     assert outcome.error_class == "ok"
     assert server.received[0].path == api + "/chat/completions"
+
+
+def test_a_connect_timeout_is_a_connection_error_not_a_timeout():
+    """A 'timeout' is a request that left and got no answer: the run counts it at its maximum
+    cost, as the provider may bill it. A connect that times out sent nothing, so it must not
+    read as one (a blackholed network would otherwise fill the ledger with phantom spend)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    backlog = []
+    try:
+        for _ in range(4):  # fill the accept queue: the next SYN gets no answer
+            s = socket.socket()
+            s.setblocking(False)
+            try:
+                s.connect(("127.0.0.1", port))
+            except BlockingIOError:
+                pass
+            backlog.append(s)
+        time.sleep(0.2)
+        with OpenRouterClient(f"http://127.0.0.1:{port}", KEY, connect_timeout_s=0.3,
+                              timeout_s=5.0) as c:
+            outcome = c.chat("m", MESSAGES, 10)
+    finally:
+        for s in backlog:
+            s.close()
+        listener.close()
+    assert outcome.error_class == "connection_error" and outcome.http_status is None
