@@ -8,8 +8,8 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 from dataclasses import dataclass
 
 from . import queries
@@ -171,6 +171,10 @@ def summary_text(result: RunResult, note: str | None = None) -> str:
     lines = [table(rows, ["run " + result.run_id[:12], ""])]
     if note:
         lines.append(note)
+    for model, factor in sorted(s.underpriced.items()):
+        lines.append(f"warning: answers of {model} cost up to {factor:.1f}x the price table's "
+                     "maximum (its reservations were raised to match): run `python cli.py "
+                     "prices --refresh`")
     lines.append(f"stopped: {result.reason} (exit {result.exit_code}): {result.message}")
     return "\n".join(lines)
 

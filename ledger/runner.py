@@ -65,6 +65,9 @@ class RunStats:
     models: Counter = field(default_factory=Counter)        # accepted by model served
     rejections: Counter = field(default_factory=Counter)    # by rule
     errors: Counter = field(default_factory=Counter)        # by error class
+    # Models whose answers cost more than the price table allows, by how many times the
+    # table's maximum at most: their later reservations are raised by that factor.
+    underpriced: dict[str, float] = field(default_factory=dict)
     # Worker-seconds spent waiting other than on the API, by cause (WAIT_CAUSES).
     waited_s: Counter = field(default_factory=Counter)
 
@@ -368,7 +371,8 @@ class Runner:
         why this model gave up (for the record), or the backoff in seconds before the next try
         on it."""
         job, position = walk.job, walk.position
-        reserve = self.prices.max_cost(model, walk.prompt_tokens, self.config.max_tokens)
+        table_max = self.prices.max_cost(model, walk.prompt_tokens, self.config.max_tokens)
+        dearer = table_max > walk.cheapest + 1e-15  # not the chain's cheapest model
         while True:
             if self.halt.event.is_set():
                 return "halt"
@@ -376,7 +380,10 @@ class Runner:
             self._waited(WAIT_CAUSES[1], self.limiter.acquire(self.halt.event))
             if self.halt.event.is_set():
                 return "halt"
-            start = self._begin(job, model, position, reserve, walk.cheapest)
+            # An answer that cost more than the table's maximum raises the model's reservations
+            # for the rest of the run, so the budget keeps holding.
+            reserve = table_max * self.stats.underpriced.get(model, 1.0)
+            start = self._begin(job, model, position, reserve, dearer)
             if start is None:
                 return "halt"
             if start.refused == "budget":
@@ -415,7 +422,7 @@ class Runner:
             return float(delay)
 
     def _begin(self, job: ClaimedJob, model: str, position: int, reserve: float,  # type: ignore[no-untyped-def]
-               cheapest: float):
+               dearer: bool):
         """Commit the attempt's intent; wait while the budget is held by our own requests in
         flight. The budget is reached when even the cheapest model of the chain no longer fits:
         then the run stops, so a rerun with the same budget sends nothing. None means halt."""
@@ -434,7 +441,7 @@ class Runner:
                 # Counted in the same transaction as the refusal: a worker whose intent shares
                 # our group commit is already in flight there, before it counts itself here.
                 if start.open_mine == 0:
-                    if reserve > cheapest + 1e-15:
+                    if dearer:
                         # Only this dearer fallback does not fit: the job waits for a larger
                         # budget while the cheaper models go on with other jobs.
                         self._budget_skipped += 1
@@ -474,6 +481,7 @@ class Runner:
         Returns ('accepted' | 'rejected' | 'error', last reason). 'accepted' means the job is
         done: accepted by this attempt, or by another worker first (the commit decides)."""
         cost, source = self._cost(model, outcome, prompt_tokens)
+        self._check_price(model, cost, prompt_tokens)
         verdict_rec = None
         passed = False
         last = outcome.error_class
@@ -516,6 +524,17 @@ class Runner:
                     s.rejections[r] += 1
         if self._on_progress is not None:
             self._on_progress(self.stats)
+
+    def _check_price(self, model: str, cost: float, prompt_tokens: int) -> None:
+        """Reservations assume the price table: an answer billed above the table's maximum (a
+        provider dearer than the table, another model served, a prompt longer than estimated)
+        would let every request in flight overshoot the budget by as much."""
+        table_max = self.prices.max_cost(model, prompt_tokens, self.config.max_tokens)
+        if table_max <= 0.0 or cost <= table_max * (1 + 1e-9):
+            return
+        with self._stats_lock:
+            known = self.stats.underpriced
+            known[model] = max(known.get(model, 1.0), cost / table_max)
 
     def _cost(self, model: str, outcome: CallOutcome, prompt_tokens: int) -> tuple[float, str]:
         if outcome.cost_usd is not None:

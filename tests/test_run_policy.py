@@ -565,3 +565,24 @@ def test_a_timed_out_request_counts_against_the_budget(ledger, store, start_sim)
     assert len(timeouts) == 3 and result.reason == "budget"
     assert billed <= budget + 1e-12, f"billed ${billed:.7f} past a ${budget} budget"
     assert spend(ledger) >= billed - 1e-12, "the ledger's spend is below what was billed"
+
+
+def test_answers_dearer_than_the_price_table_raise_the_reservations(ledger, store,
+                                                                     start_sim) -> None:
+    """Reservations are priced from the table: answers billed above it (here the server
+    serves a dearer model than the one asked) let every request in flight overshoot the
+    budget. Measured before: a $0.01 budget at concurrency 4 ended billed $0.0110.
+    Now the run raises the model's reservations by what the answers cost, stays within the
+    budget, and its summary says so."""
+    store.plan_jobs(make_jobs(40))
+    sim = start_sim(model_map={A: B})
+    budget = 0.01
+    launch = run(ledger, RunConfig(**FAST, concurrency=4, models=(A,), budget_usd=budget),
+                 base_url=sim.base_url, quiet=True)
+    billed = sim.stats()["billed_usd"]
+    assert launch.result.reason == "budget"
+    assert billed <= budget + 1e-12, f"billed ${billed:.7f} past a ${budget} budget"
+    assert abs(spend(ledger) - billed) < 1e-9
+    factor = launch.result.stats.underpriced[A]
+    assert factor > 2.0
+    assert f"answers of {A} cost up to {factor:.1f}x the price table's maximum" in launch.summary
