@@ -8,15 +8,19 @@ from __future__ import annotations
 import os
 import sys
 
-import fire
+try:
+    import fire
 
-from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.exc import DBAPIError
 
-from ledger import commands
-from ledger.cli_args import check_command_line, with_help_for_open_options
-from ledger.cli_data import merge_repeated_option
-from ledger.db import database_error_from
-from ledger.errors import LedgerError, os_error_line
+    from ledger import commands
+    from ledger.cli_args import check_command_line, with_help_for_open_options
+    from ledger.cli_data import merge_repeated_option
+    from ledger.db import database_error_from
+    from ledger.errors import LedgerError, os_error_line
+except KeyboardInterrupt:  # Ctrl-C while the imports load (the first ~0.3 s): nothing ran yet
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
 
 
 def main(argv: list[str] | None = None) -> int:

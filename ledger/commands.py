@@ -177,10 +177,10 @@ class Commands(ReportCommands, DataCommands):
         The key comes from OPENROUTER_API_KEY only; --base-url or OPENROUTER_BASE_URL picks any
         OpenAI-compatible server. --models a,b,c is the fallback chain; --concurrency N workers;
         --budget-usd X caps the ledger's total spend (in-flight requests counted at their
-        maximum); --rpm caps requests per minute; --retry-failed tries failed jobs again;
-        --limit N stops after N jobs; --config FILE.json sets any of these as defaults.
+        maximum); --rpm caps requests per minute (0: no cap); --retry-failed tries failed jobs
+        again; --limit N stops after N jobs; --config FILE.json sets any of these as defaults.
         Exit codes: 0 done, 2 bad input, 3 out of credit, 4 budget reached, 5 key rejected,
-        130 interrupted.
+        130 interrupted (Ctrl-C or SIGTERM).
         """
         from .launch import run
         from .runconfig import build_run_config

@@ -303,3 +303,12 @@ def test_a_key_pasted_with_a_curly_quote_or_line_break(tmp_path, command, secret
                                                 "OPENROUTER_BASE_URL": "http://127.0.0.1:1/api/v1"})
     _one_line_error(result, "OPENROUTER_API_KEY", "HTTP header")
     assert "CANARY" not in result.stderr + result.stdout
+
+
+def test_ctrl_c_while_the_imports_load_is_one_line(tmp_path: Path) -> None:
+    """Ctrl-C in the first fraction of a second, while fire and SQLAlchemy load, printed a
+    traceback. A module that raises KeyboardInterrupt when imported stands in for the key
+    press arriving at that moment."""
+    (tmp_path / "fire.py").write_text("raise KeyboardInterrupt\n")
+    done = run_cli("status", env={"PYTHONPATH": str(tmp_path)})
+    assert (done.returncode, done.stderr, done.stdout) == (130, "interrupted\n", "")
