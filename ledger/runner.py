@@ -404,7 +404,7 @@ class Runner:
             if outcome.error_class in ("rate_limited", "credit_in_flight"):
                 self.cooldown.pause_for(delay)
             verdict_state, last = self._record(job, model, start.attempt_id, outcome,
-                                               walk.prompt_tokens)
+                                               walk.prompt_tokens, table_max)
             if verdict_state == "accepted":
                 return "accepted"
             if verdict_state == "rejected":
@@ -474,14 +474,14 @@ class Runner:
             self._flight.notify_all()  # wakes a worker waiting for budget room
 
     def _record(self, job: ClaimedJob, model: str, attempt_id: int, outcome: CallOutcome,
-                prompt_tokens: int) -> tuple[str, str]:
+                prompt_tokens: int, table_max: float) -> tuple[str, str]:
         """Queue the outcome (+ verdict, acceptance) as one transaction; the worker goes on
         without waiting for its commit (the store's queue keeps its later writes after it).
 
         Returns ('accepted' | 'rejected' | 'error', last reason). 'accepted' means the job is
         done: accepted by this attempt, or by another worker first (the commit decides)."""
         cost, source = self._cost(model, outcome, prompt_tokens)
-        self._check_price(model, cost, prompt_tokens)
+        self._check_price(model, cost, table_max)
         verdict_rec = None
         passed = False
         last = outcome.error_class
@@ -525,11 +525,10 @@ class Runner:
         if self._on_progress is not None:
             self._on_progress(self.stats)
 
-    def _check_price(self, model: str, cost: float, prompt_tokens: int) -> None:
+    def _check_price(self, model: str, cost: float, table_max: float) -> None:
         """Reservations assume the price table: an answer billed above the table's maximum (a
         provider dearer than the table, another model served, a prompt longer than estimated)
         would let every request in flight overshoot the budget by as much."""
-        table_max = self.prices.max_cost(model, prompt_tokens, self.config.max_tokens)
         if table_max <= 0.0 or cost <= table_max * (1 + 1e-9):
             return
         with self._stats_lock:
